@@ -1,0 +1,1 @@
+"""Pure translators between the Anthropic Messages API and OpenAI Chat Completions (no I/O)."""

@@ -1,0 +1,598 @@
+"""Anthropic Messages request -> OpenAI Chat Completions request body (PROTOCOL §1, §8).
+
+Pure: `translate_request` validates the client body, builds the upstream body from an
+allowlist (unknown Anthropic-only keys such as context_management or cache_control can never
+leak), and returns the RequestContext the response translators need. Nothing is serialized
+here; the input body is never mutated; strings are shared, not copied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from clasp.translate.capabilities import Capabilities
+from clasp.translate.errors import InvalidRequest
+from clasp.translate.names import upstream_tool_id, upstream_tool_name
+from clasp.translate.schema import function_tool
+from clasp.translate.tokens import estimate_tokens
+
+__all__ = [
+    "RequestContext",
+    "translate_request",
+    "BILLING_HEADER_PREFIX",
+    "INTERRUPTED_RESULT",
+    "EMPTY_RESULT",
+    "TOOL_ERROR_PREFIX",
+    "IMAGE_MOVED",
+    "PDF_OMITTED",
+]
+
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
+INTERRUPTED_RESULT = "(no result: tool call was interrupted)"
+EMPTY_RESULT = "(no content)"
+TOOL_ERROR_PREFIX = "[tool error] "
+IMAGE_MOVED = "[image returned; see next message]"
+DOCUMENT_MOVED = "[document returned; see next message]"
+PDF_OMITTED = "[PDF omitted: upstream cannot read PDFs]"
+
+_ROLES = ("user", "assistant", "system")
+_MAX_STOP = 4                   # OpenAI accepts at most 4 stop strings
+_MIN_REASONING_TOKENS = 16      # tiny caps leave reasoning models no room for visible output
+_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+_OPENAI_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+_DEEPSEEK_EFFORT = {"low": "low", "medium": "high", "high": "high", "xhigh": "high", "max": "max"}
+# Anthropic server tools: executed by Anthropic, no input_schema, cannot work upstream.
+_CUSTOM_TOOL_TYPES = (None, "custom")
+
+
+@dataclass
+class RequestContext:
+    requested_model: str          # echoed back in responses
+    upstream_model: str
+    stream: bool
+    name_map: dict[str, str]      # upstream (shortened) tool name -> original name
+    stop_sequences: list[str]     # as sent upstream (empty when not sent)
+    show_thinking: bool           # emit thinking blocks (client asked, or flags)
+    estimated_input_tokens: int
+    max_tokens: int               # as sent upstream (after clamping); 0 when no limit was sent
+
+
+def _dumps_args(value: Any) -> str:
+    """Tool-call arguments, serialized the same way every turn so upstream prefix caches hit."""
+    if value is None:
+        return "{}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _system_text(content: Any, where: str, strip_billing: bool) -> str:
+    """Text of a system prompt (string or text blocks joined by blank lines)."""
+    if isinstance(content, str):
+        if strip_billing and content.startswith(BILLING_HEADER_PREFIX):
+            return ""
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}: must be a string or a list of content blocks")
+    texts = []
+    for i, block in enumerate(content):
+        if not isinstance(block, dict):
+            raise InvalidRequest(f"{where}.{i}: content block must be an object")
+        if block.get("type") != "text":
+            continue
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{where}.{i}.text: must be a string")
+        # Claude Code's per-conversation attribution line defeats upstream prefix caching.
+        if strip_billing and text.startswith(BILLING_HEADER_PREFIX):
+            continue
+        if text:
+            texts.append(text)
+    return "\n\n".join(texts)
+
+
+def _image_part(source: Any) -> dict:
+    """image_url part for an Anthropic image source, or a text placeholder."""
+    if isinstance(source, dict):
+        stype = source.get("type")
+        if stype == "base64" and isinstance(source.get("data"), str):
+            media = source.get("media_type") or "image/png"
+            return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
+        if stype == "url" and isinstance(source.get("url"), str):
+            return {"type": "image_url", "image_url": {"url": source["url"]}}
+        if stype == "file":
+            return _text_part(f"[file {source.get('file_id', '')} omitted]")
+    return _text_part("[image omitted: unsupported source]")
+
+
+def _content_text(content: Any) -> str:
+    """Plain text of a string or of the text blocks of a block list (joined by newlines)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b["text"] for b in content
+                         if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+    return ""
+
+
+def _document_part(block: dict, caps: Capabilities) -> dict:
+    """Text part, or (flag pdf_file_parts) a file part for a base64 PDF (§1.5)."""
+    source = block.get("source")
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    stype = source.get("type") if isinstance(source, dict) else None
+    if stype == "base64" and isinstance(source.get("data"), str):
+        if caps.pdf_file_parts:
+            return {"type": "file", "file": {
+                "filename": title or "document.pdf",
+                "file_data": f"data:application/pdf;base64,{source['data']}"}}
+        return _text_part(PDF_OMITTED)
+    if stype in ("text", "content"):
+        body = source.get("data") if stype == "text" else _content_text(source.get("content"))
+        lines = [s for s in (title, block.get("context")) if isinstance(s, str) and s]
+        if isinstance(body, str) and body:
+            lines.append(body)
+        return _text_part("\n".join(lines))
+    if stype == "url":
+        return _text_part(f"[document {source.get('url', '')} omitted: upstream cannot fetch documents]")
+    if stype == "file":
+        return _text_part(f"[file {source.get('file_id', '')} omitted]")
+    return _text_part("[document omitted: unsupported source]")
+
+
+def _search_result_text(block: dict) -> str:
+    pieces = [block.get("title"), block.get("source"), _content_text(block.get("content"))]
+    return "\n".join(p for p in pieces if isinstance(p, str) and p)
+
+
+def _web_search_summary(block: dict) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        items = [f"{r.get('title', '')} <{r.get('url', '')}>" for r in content if isinstance(r, dict)]
+        return "[web search results: " + "; ".join(items) + "]"
+    if isinstance(content, dict):
+        return f"[web search failed: {content.get('error_code', 'unknown error')}]"
+    return ""
+
+
+def _summary_part(block: dict, btype: str) -> dict | None:
+    """Short text for block types that have no Chat Completions equivalent; None = drop."""
+    if btype == "tool_reference":
+        return _text_part(f"[tool_reference: {block.get('tool_name', '')}]")
+    if btype == "server_tool_use":
+        return _text_part(f"[server tool {block.get('name', '')} called with "
+                          f"{_dumps_args(block.get('input'))}]")
+    if btype == "web_search_tool_result":
+        text = _web_search_summary(block)
+        return _text_part(text) if text else None
+    if btype == "search_result":
+        text = _search_result_text(block)
+        return _text_part(text) if text else None
+    return None    # thinking in user turns, other server-tool results, unknown types
+
+
+class _Builder:
+    """Builds the upstream message list in one pass, repairing tool-call pairing on the way."""
+
+    __slots__ = ("caps", "out", "system_texts", "pending", "deferred", "name_map")
+
+    def __init__(self, caps: Capabilities, name_map: dict[str, str]) -> None:
+        self.caps = caps
+        self.out: list[dict] = []
+        self.system_texts: list[str] = []   # becomes the leading system message
+        self.pending: list[str] = []        # upstream ids of the last assistant's calls, unanswered
+        self.deferred: list[dict] = []      # system messages that arrived while calls were pending
+        self.name_map = name_map
+
+    # -- pairing ---------------------------------------------------------------------------
+    def close_pending(self, answered: set[str] | frozenset[str] = frozenset()) -> None:
+        """Placeholder results for unanswered calls, then any system message held back, so that
+        nothing ever sits between an assistant's tool_calls and its tool messages (§1.6.4)."""
+        for call_id in self.pending:
+            if call_id not in answered:
+                self.out.append({"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED_RESULT})
+        self.pending = []
+        if self.deferred:
+            self.out.extend(self.deferred)
+            self.deferred = []
+
+    # -- roles -----------------------------------------------------------------------------
+    def system(self, content: Any, where: str) -> None:
+        text = _system_text(content, where + ".content", self.caps.strip_billing_header)
+        if not text.strip():
+            return
+        if self.caps.single_system:
+            self.system_texts.append(text)
+        elif self.pending:
+            self.deferred.append({"role": "system", "content": text})
+        else:
+            self.out.append({"role": "system", "content": text})
+
+    def assistant(self, content: Any, where: str) -> None:
+        self.close_pending()
+        caps = self.caps
+        texts: list[str] = []
+        calls: list[dict] = []
+        reasoning: list[str] = []
+        if isinstance(content, str):
+            if content.strip():
+                texts.append(content)
+        else:
+            for i, block in enumerate(content):
+                btype = block["type"]
+                if btype == "text":
+                    text = block.get("text")
+                    if not isinstance(text, str):
+                        raise InvalidRequest(f"{where}.content.{i}.text: must be a string")
+                    if text.strip():            # empty text blocks poison sessions (§7.3)
+                        texts.append(text)
+                elif btype == "tool_use":
+                    calls.append(self.tool_call(block, f"{where}.content.{i}"))
+                elif btype == "thinking":
+                    if caps.reasoning_roundtrip and isinstance(block.get("thinking"), str) \
+                            and block["thinking"]:
+                        reasoning.append(block["thinking"])
+                elif btype == "redacted_thinking":
+                    continue
+                else:
+                    part = _summary_part(block, btype)
+                    if part is not None and part.get("type") == "text":
+                        texts.append(part["text"])
+        if not texts and not calls:
+            return
+        message: dict[str, Any] = {"role": "assistant"}
+        if texts:
+            message["content"] = "\n\n".join(texts)
+        else:
+            message["content"] = "" if caps.assistant_empty_string else None
+        if reasoning:
+            message["reasoning_content"] = "\n\n".join(reasoning)
+        if calls:
+            message["tool_calls"] = calls
+            self.pending = [call["id"] for call in calls]
+        self.out.append(message)
+
+    def tool_call(self, block: dict, where: str) -> dict:
+        tool_id, name = block.get("id"), block.get("name")
+        if not isinstance(tool_id, str) or not tool_id:
+            raise InvalidRequest(f"{where}.id: must be a non-empty string")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        up_name = upstream_tool_name(name)
+        if up_name != name:
+            self.name_map[up_name] = name
+        return {"id": upstream_tool_id(tool_id, self.caps.mistral_ids), "type": "function",
+                "function": {"name": up_name, "arguments": _dumps_args(block.get("input"))}}
+
+    def user(self, content: Any, where: str) -> None:
+        parts: list[dict] = []
+        results: list[tuple[int, dict]] = []
+        if isinstance(content, str):
+            if content.strip():
+                parts.append(_text_part(content))
+        else:
+            for i, block in enumerate(content):
+                btype = block["type"]
+                if btype == "tool_result":
+                    results.append((i, block))
+                else:
+                    part = self.user_part(block, btype, f"{where}.content.{i}")
+                    if part is not None:
+                        parts.append(part)
+
+        lifted: list[dict] = []
+        if self.pending:
+            pending = set(self.pending)
+            answered: set[str] = set()
+            for i, block in results:
+                raw_id = block.get("tool_use_id")
+                if not isinstance(raw_id, str) or not raw_id:
+                    raise InvalidRequest(f"{where}.content.{i}.tool_use_id: must be a non-empty string")
+                call_id = upstream_tool_id(raw_id, self.caps.mistral_ids)
+                if call_id not in pending or call_id in answered:
+                    continue                     # orphan or duplicate result: upstream would 400
+                answered.add(call_id)
+                self.out.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": self.tool_result_text(block, lifted)})
+            self.close_pending(answered)
+        # else: results without a preceding call are orphans and are dropped (§1.6.4).
+
+        parts.extend(lifted)
+        if not parts:
+            return
+        last = self.out[-1] if self.out else None
+        if last is not None and last["role"] == "user":
+            last["content"].extend(parts)        # merge consecutive user turns (§1.6.5)
+        else:
+            self.out.append({"role": "user", "content": parts})
+
+    def user_part(self, block: dict, btype: str, where: str) -> dict | None:
+        if btype == "text":
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{where}.text: must be a string")
+            return _text_part(text) if text.strip() else None
+        if btype == "image":
+            return _image_part(block.get("source"))
+        if btype == "document":
+            return _document_part(block, self.caps)
+        return _summary_part(block, btype)
+
+    def tool_result_text(self, block: dict, lifted: list[dict]) -> str:
+        """String content of a tool message; images (and PDF file parts) go to `lifted`,
+        because only user messages may carry them (§1.6.3)."""
+        content = block.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            texts: list[str] = []
+            for sub in content:
+                if not isinstance(sub, dict):
+                    continue
+                stype = sub.get("type")
+                if stype == "text":
+                    if isinstance(sub.get("text"), str):
+                        texts.append(sub["text"])
+                elif stype == "image":
+                    part = _image_part(sub.get("source"))
+                    if part["type"] == "text":
+                        texts.append(part["text"])
+                    else:
+                        texts.append(IMAGE_MOVED)
+                        lifted.append(part)
+                elif stype == "document":
+                    part = _document_part(sub, self.caps)
+                    if part["type"] == "text":
+                        texts.append(part["text"])
+                    else:
+                        texts.append(DOCUMENT_MOVED)
+                        lifted.append(part)
+                else:
+                    part = _summary_part(sub, stype)
+                    if part is not None:
+                        texts.append(part["text"])
+            text = "\n".join(texts)
+        else:
+            text = ""
+        if not text.strip():
+            text = EMPTY_RESULT
+        if block.get("is_error") is True:
+            text = TOOL_ERROR_PREFIX + text
+        return text
+
+    def finish(self) -> list[dict]:
+        self.close_pending()
+        for message in self.out:
+            if message["role"] == "user":
+                parts = message["content"]
+                # All-text content goes as one string: some servers accept nothing else.
+                if all(p["type"] == "text" for p in parts):
+                    message["content"] = "\n\n".join(p["text"] for p in parts)
+        if self.system_texts:
+            self.out.insert(0, {"role": "system", "content": "\n\n".join(self.system_texts)})
+        return self.out
+
+
+def _validate_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages.{i}: must be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(f"messages.{i}.role: must be one of 'user', 'assistant', 'system', "
+                                 f"got {role!r}")
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
+        for j, block in enumerate(content):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise InvalidRequest(f"messages.{i}.content.{j}: must be a content block with a 'type'")
+
+
+def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dict]:
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools: must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"tools.{i}: must be an object")
+        if tool.get("type") not in _CUSTOM_TOOL_TYPES:
+            continue                 # server tool (web_search_*, bash_*, ...): no schema upstream
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"tools.{i}.name: must be a non-empty string")
+        entry = function_tool(tool, caps.gemini_schema)
+        up_name = entry["function"]["name"]
+        if up_name != name:
+            name_map[up_name] = name
+        out.append(entry)
+    return out
+
+
+def _tool_choice(body: dict, caps: Capabilities, name_map: dict[str, str]) -> tuple[Any, bool]:
+    """(upstream tool_choice or None, disable_parallel) for a body that has tools (§1.8)."""
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None, False
+    if not isinstance(choice, dict):
+        raise InvalidRequest("tool_choice: must be an object")
+    ctype = choice.get("type")
+    disable_parallel = choice.get("disable_parallel_tool_use") is True
+    if ctype == "auto":
+        return "auto", disable_parallel
+    if ctype == "none":
+        return "none", disable_parallel
+    if ctype == "any":
+        return ("auto" if caps.no_forced_tool_choice else "required"), disable_parallel
+    if ctype == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("tool_choice.name: must be a non-empty string")
+        if caps.no_forced_tool_choice:
+            return "auto", disable_parallel
+        up_name = upstream_tool_name(name)
+        if up_name != name:
+            name_map[up_name] = name
+        return {"type": "function", "function": {"name": up_name}}, disable_parallel
+    raise InvalidRequest(f"tool_choice.type: must be one of 'auto', 'any', 'tool', 'none', got {ctype!r}")
+
+
+def _max_tokens(value: int, caps: Capabilities) -> int:
+    if caps.reasoning and value < _MIN_REASONING_TOKENS:
+        value = _MIN_REASONING_TOKENS
+    if caps.max_output_cap is not None and value > caps.max_output_cap:
+        value = caps.max_output_cap   # Claude Code asks 32k-128k; many models cap far lower
+    return max(1, value)
+
+
+def _reasoning(body: dict, caps: Capabilities, out: dict) -> None:
+    """Reasoning controls for thinking / output_config.effort, by reasoning_style (§1.9)."""
+    thinking = body.get("thinking")
+    ttype = thinking.get("type") if isinstance(thinking, dict) else None
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort not in _EFFORTS:
+        effort = None
+    budget = thinking.get("budget_tokens") if ttype == "enabled" else None
+    if not _is_int(budget):
+        budget = None
+    style = caps.reasoning_style
+    if style == "openai":
+        if effort is not None:
+            out["reasoning_effort"] = _OPENAI_EFFORT[effort]
+        elif budget is not None:
+            out["reasoning_effort"] = "low" if budget < 4000 else "medium" if budget <= 16000 else "high"
+    elif style == "openrouter":
+        if ttype == "disabled":
+            return                    # the client turned thinking off; effort alone must not enable it
+        if effort is not None:
+            out["reasoning"] = {"effort": _OPENAI_EFFORT[effort]}
+        elif budget is not None:
+            out["reasoning"] = {"max_tokens": budget}
+        elif ttype in ("enabled", "adaptive"):
+            out["reasoning"] = {"enabled": True}
+    elif style == "deepseek":
+        if ttype in ("enabled", "adaptive"):
+            out["thinking"] = {"type": "enabled"}
+        if effort is not None:
+            out["reasoning_effort"] = _DEEPSEEK_EFFORT[effort]
+
+
+def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tuple[dict, RequestContext]:
+    """Chat Completions body for `upstream_model` and the context for translating the reply.
+
+    Raises InvalidRequest (-> 400) for malformed client input. The returned body may share
+    memoized tool entries with other requests: serialize it, do not mutate it."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model: must be a non-empty string")
+    messages = body.get("messages")
+    _validate_messages(messages)
+
+    max_tokens = 0
+    if "max_tokens" in body:
+        raw = body["max_tokens"]
+        if not _is_int(raw) or raw < 1:
+            raise InvalidRequest(f"max_tokens: must be a positive integer, got {raw!r}")
+        max_tokens = _max_tokens(raw, caps)
+
+    stop_raw = body.get("stop_sequences")
+    if stop_raw is not None and (not isinstance(stop_raw, list)
+                                 or not all(isinstance(s, str) for s in stop_raw)):
+        raise InvalidRequest("stop_sequences: must be a list of strings")
+    for key in ("temperature", "top_p", "top_k"):
+        if body.get(key) is not None and not _is_number(body[key]):
+            raise InvalidRequest(f"{key}: must be a number")
+
+    name_map: dict[str, str] = {}
+    builder = _Builder(caps, name_map)
+    system = body.get("system")
+    if system is not None:
+        text = _system_text(system, "system", caps.strip_billing_header)
+        if text.strip():
+            builder.system_texts.append(text)
+    for i, message in enumerate(messages):
+        role, content, where = message["role"], message["content"], f"messages.{i}"
+        if role == "user":
+            builder.user(content, where)
+        elif role == "assistant":
+            builder.assistant(content, where)
+        else:
+            builder.system(content, where)
+    upstream_messages = builder.finish()
+
+    stream = body.get("stream") is True
+    out: dict[str, Any] = {"model": upstream_model}
+    if max_tokens:
+        out[caps.token_field] = max_tokens
+    if stream:
+        out["stream"] = True
+        if not caps.no_stream_options:
+            out["stream_options"] = {"include_usage": True}
+    out["messages"] = upstream_messages
+
+    tools = _tools(body, caps, name_map)
+    if tools:                        # vLLM rejects tools: []; tool_choice needs tools (§1.1)
+        out["tools"] = tools
+        choice, disable_parallel = _tool_choice(body, caps, name_map)
+        if choice is not None:
+            out["tool_choice"] = choice
+        if disable_parallel and not caps.no_parallel_param:
+            out["parallel_tool_calls"] = False
+
+    stop: list[str] = []
+    if stop_raw and not caps.no_stop:
+        stop = [s for s in stop_raw if s][:_MAX_STOP]
+        if stop:
+            out["stop"] = stop
+
+    if not caps.no_sampling:
+        for key in ("temperature", "top_p"):
+            if body.get(key) is not None:
+                out[key] = body[key]
+    if caps.pass_top_k and body.get("top_k") is not None:
+        out["top_k"] = body["top_k"]
+
+    if caps.reasoning:
+        _reasoning(body, caps, out)
+
+    if caps.send_user:
+        metadata = body.get("metadata")
+        user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+        if isinstance(user_id, str) and user_id:
+            # Claude Code's value is ~150 chars; OpenAI limits identifiers to 64.
+            out["user"] = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
+
+    thinking = body.get("thinking")
+    client_thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    ctx = RequestContext(
+        requested_model=model,
+        upstream_model=upstream_model,
+        stream=stream,
+        name_map=name_map,
+        stop_sequences=stop,
+        show_thinking=client_thinking or caps.always_show_reasoning or caps.reasoning_roundtrip,
+        estimated_input_tokens=estimate_tokens(body),
+        max_tokens=max_tokens,
+    )
+    return out, ctx
