@@ -1,0 +1,114 @@
+"""Proxy API-key authentication (CLASP `-auth` / `CLASP_AUTH*`).
+
+Endpoint access when authentication is enabled (CLASP README):
+
+    /                     always accessible
+    /health               anonymous unless allow_anonymous_health=False
+    /metrics              needs the key unless allow_anonymous_metrics=True
+    /metrics/prometheus   same switch as /metrics
+    /v1/messages, /v1/messages/count_tokens and every other path: needs the key
+
+Clients send the key as ``x-api-key`` (ANTHROPIC_API_KEY) or ``Authorization: Bearer``
+(ANTHROPIC_AUTH_TOKEN); Claude Code may send both, so either one matching is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Mapping
+
+__all__ = ["AuthPolicy", "ANONYMOUS", "fingerprint"]
+
+# Identity returned by check() when authentication is disabled: there is no key to tell clients apart,
+# so the caller should bucket by something else (e.g. the peer address) if it needs per-client limits.
+ANONYMOUS = "anonymous"
+
+_METRICS_PATHS = frozenset(("/metrics", "/metrics/prometheus"))
+
+
+def fingerprint(key: str) -> str:
+    """Short, non-reversible identity for a key: safe for logs and rate-limit buckets."""
+    return "key:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+class AuthPolicy:
+    """Decides which paths need the proxy key and validates the key on a request."""
+
+    __slots__ = ("enabled", "allow_anonymous_health", "allow_anonymous_metrics", "_key", "_identity")
+
+    def __init__(
+        self,
+        enabled: bool,
+        api_key: str | None,
+        allow_anonymous_health: bool = True,
+        allow_anonymous_metrics: bool = False,
+    ) -> None:
+        if enabled and not api_key:
+            # Same rule as CLASP: -auth without -auth-api-key is a configuration error, not "open".
+            raise ValueError("authentication is enabled but no API key is configured (CLASP_AUTH_API_KEY)")
+        self.enabled = bool(enabled)
+        self.allow_anonymous_health = bool(allow_anonymous_health)
+        self.allow_anonymous_metrics = bool(allow_anonymous_metrics)
+        # Kept as bytes for hmac.compare_digest; never exposed by repr/str.
+        self._key = api_key.encode("utf-8") if api_key else b""
+        self._identity = fingerprint(api_key) if api_key else ANONYMOUS
+
+    def __repr__(self) -> str:
+        return (
+            f"AuthPolicy(enabled={self.enabled}, api_key={'<set>' if self._key else '<unset>'}, "
+            f"allow_anonymous_health={self.allow_anonymous_health}, "
+            f"allow_anonymous_metrics={self.allow_anonymous_metrics})"
+        )
+
+    __str__ = __repr__
+
+    def requires_auth(self, path: str) -> bool:
+        """True when a request to ``path`` must carry the proxy key.
+
+        The query string is ignored (Claude Code calls ``/v1/messages?beta=true``). Matching is
+        exact, so unknown or prefixed paths fail closed (need the key).
+        """
+        if not self.enabled:
+            return False
+        q = path.find("?")
+        if q >= 0:
+            path = path[:q]
+        if path == "/" or path == "":
+            return False
+        if path == "/health":
+            return not self.allow_anonymous_health
+        if path in _METRICS_PATHS:
+            return not self.allow_anonymous_metrics
+        return True
+
+    def check(self, headers: Mapping[str, str]) -> str | None:
+        """Validate the request's key; return the client identity, or None to reject (401).
+
+        ``headers`` should have lower-case names (server contract); other casings are found too.
+        With authentication disabled every request is accepted as ``ANONYMOUS``.
+        """
+        if not self.enabled:
+            return ANONYMOUS
+        x_api_key = headers.get("x-api-key")
+        authorization = headers.get("authorization")
+        if x_api_key is None and authorization is None:
+            # Tolerate callers that did not lower-case the names.
+            for name, value in headers.items():
+                low = name.lower()
+                if low == "x-api-key":
+                    x_api_key = value
+                elif low == "authorization":
+                    authorization = value
+        ok = False
+        if x_api_key is not None:
+            ok = self._matches(x_api_key.strip())
+        if not ok and authorization is not None:
+            parts = authorization.strip().split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                ok = self._matches(parts[1].strip())
+        return self._identity if ok else None
+
+    def _matches(self, candidate: str) -> bool:
+        # compare_digest on bytes: constant time with respect to the content of the configured key.
+        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._key)
