@@ -1,0 +1,25 @@
+"""Resilience building blocks (retry policy, circuit breaker, wait queue).
+
+Each is pure state + injected time (``clock``/``sleep``); the request pipeline in
+``clasp.app`` decides what counts as a failure and wires them together.
+"""
+
+from __future__ import annotations
+
+from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from .queue import QueueFull, QueueTimeout, RequestQueue
+from .retry import NEVER_RETRY_STATUSES, RETRYABLE_STATUSES, RetryPolicy, header_value
+
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "OPEN",
+    "CircuitBreaker",
+    "NEVER_RETRY_STATUSES",
+    "QueueFull",
+    "QueueTimeout",
+    "RETRYABLE_STATUSES",
+    "RequestQueue",
+    "RetryPolicy",
+    "header_value",
+]
