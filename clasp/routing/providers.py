@@ -1,0 +1,219 @@
+"""Providers, upstream targets and model resolution (PROTOCOL.md §1.2, §5).
+
+A Target is one upstream endpoint: its Chat Completions URL, the headers that authenticate
+to it, and the model it serves by default. The Router turns a requested Anthropic model name
+into an ordered chain of (target, upstream model) to try: the primary, then fallbacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from clasp.config import PROVIDERS, Config, ConfigError
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+}
+# What a claude-* request maps to when no model is configured for it.
+DEFAULT_MODELS = {"openai": "gpt-4o", "openrouter": "openai/gpt-4o"}
+KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY", "openrouter": "OPENROUTER_API_KEY",
+           "custom": "CUSTOM_API_KEY"}
+TIERS = ("opus", "sonnet", "haiku")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str                          # shown in X-CLASP-Provider, metrics and logs
+    provider: str                      # openai | azure | openrouter | custom
+    url: str                           # full chat/completions URL
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # auth + attribution; never logged
+    default_model: str = ""            # "" = pass the requested name through
+    tier_models: tuple[tuple[str, str], ...] = ()  # (tier, model) overrides on this target
+
+    def model_for(self, tier: str | None, requested: str) -> str:
+        if tier:
+            for t, m in self.tier_models:
+                if t == tier and m:
+                    return m
+        return self.default_model or requested
+
+
+def _check_url(url: str, variable: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{variable} must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def build_target(provider: str, cfg: Config, *, name: str | None = None, model: str = "",
+                 api_key: str = "", base_url: str = "", key_var: str | None = None,
+                 url_var: str | None = None) -> Target:
+    """Build a Target for one provider from the config, raising ConfigError naming what is missing."""
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    name = name or provider
+    headers: list[tuple[str, str]] = []
+    if provider == "azure":
+        key = api_key or cfg.azure_api_key
+        endpoint = base_url or cfg.azure_endpoint
+        deployment = model or cfg.azure_deployment
+        if not key:
+            raise ConfigError(f"provider azure needs an API key: set {key_var or 'AZURE_API_KEY'}")
+        if not endpoint:
+            raise ConfigError(f"provider azure needs an endpoint: set {url_var or 'AZURE_OPENAI_ENDPOINT'}")
+        if not deployment:
+            raise ConfigError("provider azure needs a deployment: set AZURE_DEPLOYMENT_NAME")
+        endpoint = _check_url(endpoint, url_var or "AZURE_OPENAI_ENDPOINT")
+        url = (f"{endpoint}/openai/deployments/{quote(deployment, safe='')}/chat/completions"
+               f"?api-version={quote(cfg.azure_api_version, safe='')}")
+        headers.append(("api-key", key))
+        # the deployment in the URL decides the model; the body's model is informational
+        return Target(name, provider, url, tuple(headers), deployment)
+    if provider == "openai":
+        key = api_key or cfg.openai_api_key
+        base = base_url or cfg.openai_base_url or DEFAULT_BASE_URLS["openai"]
+        if not key:
+            raise ConfigError(f"provider openai needs an API key: set {key_var or 'OPENAI_API_KEY'}")
+        base = _check_url(base, url_var or "OPENAI_BASE_URL")
+    elif provider == "openrouter":
+        key = api_key or cfg.openrouter_api_key
+        base = base_url or cfg.openrouter_base_url or DEFAULT_BASE_URLS["openrouter"]
+        if not key:
+            raise ConfigError(f"provider openrouter needs an API key: set {key_var or 'OPENROUTER_API_KEY'}")
+        base = _check_url(base, url_var or "OPENROUTER_BASE_URL")
+        if cfg.openrouter_referer:
+            headers.append(("HTTP-Referer", cfg.openrouter_referer))
+        if cfg.openrouter_title:
+            headers.append(("X-Title", cfg.openrouter_title))
+    else:  # custom: Ollama, vLLM, LM Studio, llama.cpp, ...
+        key = api_key or cfg.custom_api_key
+        base = base_url or cfg.custom_base_url
+        if not base:
+            raise ConfigError(f"provider custom needs a base URL: set {url_var or 'CUSTOM_BASE_URL'} "
+                              f"(e.g. http://localhost:11434/v1)")
+        base = _check_url(base, url_var or "CUSTOM_BASE_URL")
+    if key:
+        headers.insert(0, ("Authorization", f"Bearer {key}"))
+    url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+    return Target(name, provider, url, tuple(headers), model or DEFAULT_MODELS.get(provider, ""))
+
+
+def _has_credentials(provider: str, cfg: Config) -> bool:
+    return {"openai": bool(cfg.openai_api_key),
+            "openrouter": bool(cfg.openrouter_api_key),
+            "azure": bool(cfg.azure_api_key and cfg.azure_endpoint and cfg.azure_deployment),
+            "custom": bool(cfg.custom_base_url)}[provider]
+
+
+@dataclass(frozen=True)
+class Route:
+    target: Target
+    model: str            # upstream model
+    tier: str | None
+
+
+class Router:
+    """Resolves requested model names to a chain of targets (primary first, then fallbacks)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        tier_models = tuple((t, getattr(cfg, f"model_{t}")) for t in TIERS)
+        primary = build_target(cfg.provider, cfg, model=cfg.model)
+        self.primary = Target(primary.name, primary.provider, primary.url, primary.headers,
+                              primary.default_model, tier_models)
+        self.targets: dict[str, Target] = {self.primary.name: self.primary}
+        self.tier_targets: dict[str, Target] = {}
+        if cfg.multi_provider:
+            for tier in TIERS:
+                provider = getattr(cfg, f"{tier}_provider")
+                if not provider:
+                    continue
+                up = tier.upper()
+                target = build_target(
+                    provider, cfg, name=f"{tier}:{provider}", model=getattr(cfg, f"{tier}_model"),
+                    api_key=getattr(cfg, f"{tier}_api_key"), base_url=getattr(cfg, f"{tier}_base_url"),
+                    key_var=f"CLASP_{up}_API_KEY or {KEY_ENV[provider]}",
+                    url_var=f"CLASP_{up}_BASE_URL")
+                self.tier_targets[tier] = target
+                self.targets[target.name] = target
+        self.fallbacks: list[Target] = []
+        if cfg.fallback:
+            self.fallbacks = self._fallback_chain(cfg)
+            for t in self.fallbacks:
+                self.targets[t.name] = t
+        self.aliases = self._parse_aliases(cfg.model_aliases)
+
+    def _fallback_chain(self, cfg: Config) -> list[Target]:
+        if cfg.fallback_provider:
+            return [build_target(cfg.fallback_provider, cfg, name=f"fallback:{cfg.fallback_provider}",
+                                 model=cfg.fallback_model, api_key=cfg.fallback_api_key,
+                                 base_url=cfg.fallback_base_url,
+                                 key_var=f"CLASP_FALLBACK_API_KEY or {KEY_ENV[cfg.fallback_provider]}",
+                                 url_var="CLASP_FALLBACK_BASE_URL")]
+        chain = []
+        for provider in PROVIDERS:
+            if provider != cfg.provider and _has_credentials(provider, cfg):
+                chain.append(build_target(provider, cfg, name=f"fallback:{provider}",
+                                          model=cfg.fallback_model))
+        return chain
+
+    def _parse_aliases(self, text: str) -> dict[str, tuple[str | None, str]]:
+        out: dict[str, tuple[str | None, str]] = {}
+        for item in filter(None, (p.strip() for p in text.split(";" if ";" in text else ","))):
+            src, sep, dst = item.partition("=")
+            if not sep or not src.strip() or not dst.strip():
+                raise ConfigError(f"CLASP_MODEL_ALIASES: expected requested=upstream, got {item!r}")
+            provider, comma, model = dst.strip().partition(":")
+            if comma and provider in PROVIDERS:
+                out[src.strip()] = (provider, model)
+            else:
+                out[src.strip()] = (None, dst.strip())
+        return out
+
+    @staticmethod
+    def tier_of(model: str) -> str | None:
+        low = model.lower()
+        for tier in TIERS:
+            if tier in low:
+                return tier
+        return None
+
+    def resolve(self, requested: str) -> list[Route]:
+        """Routes to try for a requested model, in order."""
+        name = requested[:-4] if requested.endswith("[1m]") else requested
+        tier = self.tier_of(name)
+        primary: Route
+        alias = self.aliases.get(name)
+        provider, comma, explicit = name.partition(",")
+        if alias is not None:
+            target = self._target_for_provider(alias[0]) if alias[0] else self.primary
+            primary = Route(target, alias[1], tier)
+        elif comma and provider in PROVIDERS and explicit:
+            primary = Route(self._target_for_provider(provider), explicit, tier)
+        elif tier and tier in self.tier_targets:
+            target = self.tier_targets[tier]
+            primary = Route(target, target.model_for(None, name), tier)
+        elif tier or name.lower().startswith(("claude", "anthropic")):
+            primary = Route(self.primary, self.primary.model_for(tier, name), tier)
+        else:
+            # Users may set ANTHROPIC_MODEL=gpt-4o: other names pass through verbatim,
+            # unless the deployment decides (Azure).
+            model = self.primary.default_model if self.primary.provider == "azure" else name
+            primary = Route(self.primary, model, tier)
+        routes = [primary]
+        for fb in self.fallbacks:
+            if fb is not primary.target:
+                routes.append(Route(fb, fb.model_for(tier, primary.model), tier))
+        return routes
+
+    def _target_for_provider(self, provider: str) -> Target:
+        if self.primary.provider == provider:
+            return self.primary
+        for t in self.targets.values():
+            if t.provider == provider:
+                return t
+        target = build_target(provider, self.cfg, name=provider)
+        self.targets[target.name] = target
+        return target

@@ -1,0 +1,418 @@
+"""A minimal HTTP/1.1 server on asyncio streams.
+
+It parses request heads and bodies (Content-Length or chunked), enforces size limits and
+timeouts, keeps connections alive, and hands each request to one async handler together with
+a Responder that writes either a whole response or a chunked stream. Protocol errors are
+answered in the Anthropic error format; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Awaitable, Callable
+
+log = logging.getLogger("clasp.server")
+
+MAX_HEAD_BYTES = 64 * 1024
+_CRLF = b"\r\n"
+_HEAD_END = b"\r\n\r\n"
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus}
+_STATUS_LINES[529] = b"HTTP/1.1 529 Site Overloaded\r\n"
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str
+    http_version: str = "HTTP/1.1"
+
+
+class HTTPError(Exception):
+    """A request the server rejects before it reaches the handler."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def error_json(error_type: str, message: str) -> bytes:
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+
+
+class Responder:
+    """Writes the response of one request: whole (send) or streamed with chunked encoding."""
+
+    __slots__ = ("_writer", "_head_only", "keep_alive", "started", "finished", "closed", "status", "_chunked")
+
+    def __init__(self, writer: asyncio.StreamWriter, head_only: bool, keep_alive: bool) -> None:
+        self._writer = writer
+        self._head_only = head_only
+        self.keep_alive = keep_alive
+        self.started = False
+        self.finished = False
+        self.closed = False
+        self.status = 0
+        self._chunked = False
+
+    def _head(self, status: int, headers: list[tuple[str, str]], extra: bytes) -> bytes:
+        line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+        parts = [line]
+        for name, value in headers:
+            parts.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+        parts.append(extra)
+        parts.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
+        return b"".join(parts)
+
+    async def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Write a complete response with Content-Length."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        if self.closed:
+            return
+        self._writer.write(head if self._head_only else head + body)
+        self.finished = True
+        await self.drain()
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Begin a streamed response (chunked transfer encoding keeps the connection reusable)."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        self._chunked = not self._head_only
+        head = self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
+        if not self.closed:
+            self._writer.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Queue one piece of a streamed body; call drain() to apply backpressure."""
+        if self.closed or not data or self._head_only:
+            return
+        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    async def drain(self) -> None:
+        if self.closed:
+            return
+        try:
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+    async def end(self) -> None:
+        """Finish a streamed response."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._chunked and not self.closed:
+            self._writer.write(b"0\r\n\r\n")
+        await self.drain()
+
+    def abort(self) -> None:
+        """End the stream without a clean terminator and close the connection."""
+        self.finished = True
+        self.keep_alive = False
+        self._writer.close()
+
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+
+
+@dataclass
+class ServerLimits:
+    max_body_bytes: int = 32 * 1024 * 1024
+    header_timeout_s: float = 30.0
+    idle_timeout_s: float = 75.0
+
+
+class HTTPServer:
+    """Accepts connections and runs the handler for each request."""
+
+    def __init__(self, handler: Handler, limits: ServerLimits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a request
+        self._stopping = False
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False,
+                    sock: socket.socket | None = None) -> list[tuple[str, int]]:
+        kwargs: dict = {"limit": MAX_HEAD_BYTES, "backlog": 1024}
+        if sock is not None:
+            self._server = await asyncio.start_server(self._on_connect, sock=sock, **kwargs)
+        else:
+            self._server = await asyncio.start_server(
+                self._on_connect, host, port, reuse_port=reuse_port or None, **kwargs)
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close idle connections."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, busy in list(self._connections.items()):
+            if not busy:
+                task.cancel()
+        pending = [t for t in self._connections]
+        if pending:
+            done, still = await asyncio.wait(pending, timeout=timeout_s)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) else "unix"
+        try:
+            await self._serve(reader, writer, client, task)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        except Exception:  # never let one connection take the server down
+            log.exception("connection handler failed")
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     client: str, task: asyncio.Task) -> None:
+        carry = b""  # bytes read by the disconnect watcher that belong to the next request
+        first = True
+        while not self._stopping:
+            self._connections[task] = False
+            try:
+                head = await self._read_head(reader, carry, first)
+            except HTTPError as e:
+                await self._reject(writer, e)
+                return
+            if head is None:
+                return
+            carry = b""
+            first = False
+            self._connections[task] = True
+            try:
+                request, keep_alive, expect_continue = self._parse_head(head, client)
+                if expect_continue:
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.body = await self._read_body(reader, request.headers)
+            except HTTPError as e:
+                await self._reject(writer, e)
+                return
+            if self._stopping:
+                keep_alive = False
+            responder = Responder(writer, request.method == "HEAD", keep_alive)
+            carry = await self._run_handler(request, responder, reader)
+            if carry is None or not responder.keep_alive or responder.closed:
+                return
+
+    async def _read_head(self, reader: asyncio.StreamReader, carry: bytes, first: bool) -> bytes | None:
+        timeout = self.limits.header_timeout_s if first else self.limits.idle_timeout_s
+        try:
+            head = await asyncio.wait_for(reader.readuntil(_HEAD_END), timeout)
+        except asyncio.TimeoutError:
+            if first and not carry:
+                raise HTTPError(408, "timeout_error", "timed out reading the request headers")
+            return None
+        except asyncio.LimitOverrunError:
+            raise HTTPError(431, "invalid_request_error", "request headers exceed 64 KiB")
+        except asyncio.IncompleteReadError as e:
+            if e.partial.strip() or carry:
+                raise HTTPError(400, "invalid_request_error", "incomplete request head")
+            return None
+        head = carry + head
+        # RFC 9112 2.2: ignore empty lines before the request line.
+        return head.lstrip(b"\r\n")
+
+    def _parse_head(self, head: bytes, client: str) -> tuple[Request, bool, bool]:
+        try:
+            text = head.decode("latin-1")
+        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+            raise HTTPError(400, "invalid_request_error", "malformed request head")
+        lines = text.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
+            raise HTTPError(400, "invalid_request_error", "malformed request line")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HTTPError(505 if version.startswith("HTTP/") else 400, "invalid_request_error",
+                            f"unsupported protocol version {version[:16]!r}")
+        if not target.startswith("/"):
+            if target.startswith(("http://", "https://")):
+                # absolute-form: keep only the path
+                slash = target.find("/", target.find("//") + 2)
+                target = target[slash:] if slash >= 0 else "/"
+            elif method == "OPTIONS" and target == "*":
+                target = "/"
+            else:
+                raise HTTPError(400, "invalid_request_error", "malformed request target")
+        path, _, query = target.partition("?")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[-1] in " \t" or line[0] in " \t":
+                raise HTTPError(400, "invalid_request_error", "malformed header line")
+            name = name.lower()
+            value = value.strip(" \t")
+            if name in headers:
+                if name in ("content-length", "host"):
+                    if headers[name] != value:
+                        raise HTTPError(400, "invalid_request_error", f"conflicting {name} headers")
+                    continue
+                headers[name] = headers[name] + ", " + value
+            else:
+                headers[name] = value
+        conn = headers.get("connection", "").lower()
+        if version == "HTTP/1.1":
+            keep_alive = "close" not in conn
+        else:
+            keep_alive = "keep-alive" in conn
+        expect_continue = headers.get("expect", "").lower() == "100-continue"
+        return Request(method, path, query, headers, b"", client, version), keep_alive, expect_continue
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None and cl is not None:
+            raise HTTPError(400, "invalid_request_error",
+                            "request has both Content-Length and Transfer-Encoding")
+        limit = self.limits.max_body_bytes
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                raise HTTPError(400, "invalid_request_error", f"unsupported transfer-encoding {te[:32]!r}")
+            return await self._read_chunked(reader, limit)
+        if cl is None:
+            return b""
+        if not cl.isdigit():
+            raise HTTPError(400, "invalid_request_error", "invalid Content-Length")
+        length = int(cl)
+        if length > limit:
+            raise HTTPError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+        if length == 0:
+            return b""
+        return await self._timed(reader.readexactly(length))
+
+    async def _timed(self, coro: Awaitable[bytes]) -> bytes:
+        try:
+            return await asyncio.wait_for(coro, self.limits.header_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "timeout_error", "timed out reading the request body")
+        except asyncio.IncompleteReadError:
+            raise HTTPError(400, "invalid_request_error", "request body ended early")
+        except asyncio.LimitOverrunError:
+            raise HTTPError(400, "invalid_request_error", "malformed chunked body")
+
+    async def _read_chunked(self, reader: asyncio.StreamReader, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = await self._timed(reader.readuntil(_CRLF))
+            size_text = line[:-2].split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise HTTPError(400, "invalid_request_error", "malformed chunk size")
+            if size < 0:
+                raise HTTPError(400, "invalid_request_error", "malformed chunk size")
+            if size == 0:
+                while True:  # trailers, up to the empty line
+                    trailer = await self._timed(reader.readuntil(_CRLF))
+                    if trailer == _CRLF:
+                        return b"".join(parts)
+            total += size
+            if total > limit:
+                raise HTTPError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+            data = await self._timed(reader.readexactly(size + 2))
+            if data[-2:] != _CRLF:
+                raise HTTPError(400, "invalid_request_error", "malformed chunk")
+            parts.append(data[:-2])
+
+    async def _run_handler(self, request: Request, responder: Responder,
+                           reader: asyncio.StreamReader) -> bytes | None:
+        """Run the handler; cancel it if the client disconnects meanwhile.
+
+        Returns bytes read ahead from the next request (possibly b""), or None when the
+        connection must close.
+        """
+        handler_task = asyncio.ensure_future(self._call_handler(request, responder))
+        watcher = asyncio.ensure_future(reader.read(1))
+        carry = b""
+        try:
+            done, _ = await asyncio.wait((handler_task, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                exc = watcher.exception()
+                data = b"" if exc else watcher.result()
+                if not data:  # client went away: stop the work (and its upstream request)
+                    responder.closed = True
+                    handler_task.cancel()
+                    await asyncio.wait((handler_task,))
+                    return None
+                carry = data  # pipelined next request
+                await handler_task
+            else:
+                watcher.cancel()
+                # A read that completed in the same tick must not lose its byte.
+                await asyncio.wait((watcher,))
+                if not watcher.cancelled() and watcher.exception() is None:
+                    carry = watcher.result()
+                    if not carry:
+                        return None
+        except asyncio.CancelledError:
+            handler_task.cancel()
+            watcher.cancel()
+            raise
+        if not responder.finished:
+            return None
+        return carry
+
+    async def _call_handler(self, request: Request, responder: Responder) -> None:
+        try:
+            await self.handler(request, responder)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.path)
+            if not responder.started:
+                await responder.send(500, [("content-type", "application/json")],
+                                     error_json("api_error", "internal proxy error"))
+            else:
+                responder.abort()
+            return
+        if not responder.started:
+            await responder.send(500, [("content-type", "application/json")],
+                                 error_json("api_error", "handler sent no response"))
+
+    async def _reject(self, writer: asyncio.StreamWriter, err: HTTPError) -> None:
+        body = error_json(err.error_type, err.message)
+        responder = Responder(writer, False, False)
+        headers = [("content-type", "application/json"), ("x-should-retry", "false")]
+        try:
+            await responder.send(err.status, headers, body)
+        except ConnectionError:
+            pass

@@ -1,0 +1,116 @@
+"""Configuration: flags > env > file > defaults, file formats, errors users see."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clasp.config import ConfigError, load_config, parse_model_flags
+from clasp.routing.providers import Router
+
+ROOT = Path(__file__).resolve().parent.parent
+NOHOME = {"HOME": "/nonexistent-clasp-test-home"}
+
+
+def test_defaults():
+    cfg, _ = load_config([], NOHOME)
+    assert (cfg.host, cfg.port, cfg.provider, cfg.max_body_size) == ("127.0.0.1", 8080, "openai", 32 * 1024 * 1024)
+    assert cfg.queue_max_size == 100 and cfg.cb_threshold == 5 and cfg.cache_ttl == 3600
+
+
+@pytest.mark.parametrize("argv", [["-port", "9001"], ["--port", "9001"], ["-port=9001"], ["--port=9001"]])
+def test_flag_spellings(argv):
+    cfg, _ = load_config(argv, NOHOME)
+    assert cfg.port == 9001
+
+
+def test_bool_flags_go_style():
+    cfg, _ = load_config(["-queue", "-debug=false", "--cache=true"], {**NOHOME, "CLASP_DEBUG": "true"})
+    assert cfg.queue is True and cfg.debug is False and cfg.cache is True
+
+
+def test_precedence_flags_over_env_over_file(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"port": 7000, "model": "file-model", "cache_ttl": 5, "provider": "custom",
+                             "custom_base_url": "http://127.0.0.1:1/v1"}))
+    env = {**NOHOME, "CLASP_PORT": "7100", "CLASP_MODEL": "env-model"}
+    cfg, _ = load_config(["-config", str(f), "-port", "7200"], env)
+    assert cfg.port == 7200             # flag
+    assert cfg.model == "env-model"     # env beats file
+    assert cfg.cache_ttl == 5           # file beats default
+    assert cfg.provider == "custom"
+
+
+def test_config_file_from_env_and_var_expansion(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"openai_api_key": "${MY_KEY}", "model": "${NOPE:-gpt-4.1}",
+                             "queue": {"enabled": True, "max_size": 7}}))
+    cfg, _ = load_config([], {**NOHOME, "CLASP_CONFIG_FILE": str(f), "MY_KEY": "sk-abc"})
+    assert cfg.openai_api_key == "sk-abc" and cfg.model == "gpt-4.1"
+    assert cfg.queue is True and cfg.queue_max_size == 7
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is 3.11+")
+def test_toml_file(tmp_path):
+    f = tmp_path / "clasp.toml"
+    f.write_text('provider = "openrouter"\nopenrouter_api_key = "k"\n[rate_limit]\nenabled = true\nburst = 3\n')
+    cfg, _ = load_config(["-config", str(f)], NOHOME)
+    assert cfg.provider == "openrouter" and cfg.rate_limit and cfg.rate_limit_burst == 3
+
+
+def test_unknown_file_key_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"cache_tll": 5}))
+    with pytest.raises(ConfigError, match="cache_tll"):
+        load_config(["-config", str(f)], NOHOME)
+
+
+@pytest.mark.parametrize("argv, env, match", [
+    (["-nope"], {}, "unknown flag -nope"),
+    (["-port", "abc"], {}, "invalid int"),
+    (["-port"], {}, "needs a value"),
+    ([], {"CLASP_QUEUE": "maybe"}, "CLASP_QUEUE"),
+    (["-provider", "bogus"], {}, "unknown provider"),
+    (["-auth"], {}, "CLASP_AUTH_API_KEY"),
+])
+def test_config_errors(argv, env, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(argv, {**NOHOME, **env})
+
+
+@pytest.mark.parametrize("provider, env, variable", [
+    ("openai", {}, "OPENAI_API_KEY"),
+    ("openrouter", {}, "OPENROUTER_API_KEY"),
+    ("custom", {}, "CUSTOM_BASE_URL"),
+    ("azure", {}, "AZURE_API_KEY"),
+    ("azure", {"AZURE_API_KEY": "k"}, "AZURE_OPENAI_ENDPOINT"),
+    ("azure", {"AZURE_API_KEY": "k", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
+     "AZURE_DEPLOYMENT_NAME"),
+])
+def test_missing_provider_settings_name_the_variable(provider, env, variable):
+    cfg, _ = load_config(["-provider", provider], {**NOHOME, **env})
+    with pytest.raises(ConfigError, match=variable):
+        Router(cfg)
+
+
+def test_missing_key_exits_2_without_traceback():
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "clasp", "-provider", "openai", "-port", "0"], env=env,
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    assert p.returncode == 2
+    assert "OPENAI_API_KEY" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_secrets_never_in_repr():
+    cfg, _ = load_config([], {**NOHOME, "OPENAI_API_KEY": "sk-secret-123", "CLASP_AUTH_API_KEY": "proxy-key"})
+    assert "sk-secret-123" not in repr(cfg) and "proxy-key" not in repr(cfg)
+    assert set(cfg.secrets()) == {"sk-secret-123", "proxy-key"}
+
+
+def test_model_flags_parsing():
+    assert parse_model_flags("no_stream_options, max_output_cap=16384,reasoning_style=deepseek,reasoning=false") == {
+        "no_stream_options": True, "max_output_cap": 16384, "reasoning_style": "deepseek", "reasoning": False}
