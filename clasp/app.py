@@ -1,0 +1,600 @@
+"""The request pipeline, composed in one place.
+
+    auth -> rate limit -> parse -> cache -> route -> queue / breaker / retry / fallback
+         -> upstream -> translate (whole response or relayed stream)
+
+Everything protocol-shaped lives in clasp.translate; this module only moves bytes between the
+HTTP server, the upstream client and the translators, and keeps the books (metrics, logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from clasp import __version__
+from clasp.config import Config, ConfigError, parse_model_flags
+from clasp.ops.auth import AuthPolicy
+from clasp.ops.logs import AccessLog, DebugLog
+from clasp.ops.metrics import Metrics
+from clasp.resilience.breaker import CircuitBreaker
+from clasp.resilience.queue import QueueFull, QueueTimeout, RequestQueue
+from clasp.resilience.retry import RetryPolicy
+from clasp.routing.providers import Route, Router, Target
+from clasp.server.http import Request, Responder
+from clasp.translate.capabilities import Capabilities, capabilities_for
+from clasp.translate.common import random_id
+from clasp.translate.errors import (InvalidRequest, ProxyError, error_event, error_response,
+                                    map_transport_error, map_upstream_error)
+from clasp.translate.request import RequestContext, translate_request
+from clasp.translate.response import translate_response
+from clasp.translate.sse import SSEParser, encode_event, encode_events
+from clasp.translate.stream import StreamTranslator
+from clasp.translate.tokens import estimate_tokens
+from clasp.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
+
+log = logging.getLogger("clasp")
+
+_JSON = ("content-type", "application/json")
+_SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                ("x-accel-buffering", "no")]
+_PING = encode_event({"type": "ping"})
+_DONE = "[DONE]"
+# Statuses meaning "the provider is unavailable" (queue and fallback act on these).
+_UNAVAILABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Exchange:
+    """Book-keeping of one /v1/messages request, for metrics and the access log."""
+    started: float
+    requested_model: str = ""
+    upstream_model: str = ""
+    provider: str = ""
+    stream: bool = False
+    status: int = 0
+    ttft: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    cache: str = ""
+
+
+class App:
+    """The proxy: one instance per process, shared by all connections."""
+
+    def __init__(self, cfg: Config, *, clock=time.monotonic, log_stream: TextIO | None = None,
+                 client: UpstreamClient | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.router = Router(cfg)
+        self.client = client or UpstreamClient(connect_timeout=cfg.connect_timeout,
+                                               read_timeout=cfg.read_timeout, pool_size=cfg.pool_size)
+        self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
+                               cfg.auth_allow_anonymous_metrics)
+        self.limiter = None
+        if cfg.rate_limit:
+            from clasp.ops.ratelimit import RateLimiter
+            self.limiter = RateLimiter(cfg.rate_limit_requests, cfg.rate_limit_window, cfg.rate_limit_burst)
+        self.cache = None
+        if cfg.cache:
+            from clasp.ops.cache import ResponseCache
+            self.cache = ResponseCache(cfg.cache_max_size, cfg.cache_ttl)
+        self.retry = RetryPolicy(max_retries=cfg.max_retries, base_delay_s=cfg.retry_base_delay_ms / 1000)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        if cfg.circuit_breaker:
+            self.breakers = {name: CircuitBreaker(cfg.cb_threshold, cfg.cb_recovery, cfg.cb_timeout)
+                             for name in self.router.targets}
+        self.queue = (RequestQueue(cfg.queue_max_size, cfg.queue_max_wait, cfg.queue_retry_delay / 1000,
+                                   cfg.queue_max_retries) if cfg.queue else None)
+        self.metrics = Metrics(clock=clock)
+        self.metrics.set_sources(
+            breakers=(lambda: {name: b.state for name, b in self.breakers.items()}) if self.breakers else None,
+            queue=(lambda: {"depth": self.queue.depth(), **self.queue.stats}) if self.queue else None,
+            cache=self.cache.stats if self.cache is not None else None)
+        stream = log_stream or sys.stderr
+        self.access_log = AccessLog(stream, cfg.log_format, secrets=cfg.secrets()) if cfg.access_log else None
+        self.debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, cfg.secrets())
+                          if cfg.debug_log_requests or cfg.debug_log_responses else None)
+        self.model_flags = parse_model_flags(cfg.model_flags)
+        try:  # fail at start-up, not on the first request
+            capabilities_for(self.router.primary.provider, self.router.primary.default_model, self.model_flags)
+        except ValueError as e:
+            raise ConfigError(f"CLASP_MODEL_FLAGS: {e}") from None
+        self._caps: dict[tuple[str, str], Capabilities] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def handle(self, req: Request, resp: Responder) -> None:
+        """The server's handler: route by path (query ignored, base-URL prefixes tolerated)."""
+        path = req.path.rstrip("/") or "/"
+        if path.endswith("/v1/messages"):
+            endpoint, methods = "/v1/messages", ("POST",)
+        elif path.endswith("/v1/messages/count_tokens"):
+            endpoint, methods = "/v1/messages/count_tokens", ("POST",)
+        elif path == "/":
+            endpoint, methods = "/", ("GET", "HEAD")
+        elif path in ("/health", "/metrics", "/metrics/prometheus"):
+            endpoint, methods = path, ("GET", "HEAD")
+        elif path.endswith("/v1/models"):
+            endpoint, methods = "/v1/models", ("GET", "HEAD")
+        else:
+            await self._error(resp, ProxyError(404, "not_found_error", f"no such endpoint: {req.path}",
+                                               {"x-should-retry": "false"}, False))
+            return
+        if req.method not in methods:
+            err = ProxyError(405, "invalid_request_error",
+                             f"method {req.method} not allowed on {endpoint} (use {', '.join(methods)})",
+                             {"allow": ", ".join(methods), "x-should-retry": "false"}, False)
+            await self._error(resp, err)
+            return
+        client_id = req.client
+        if self.auth.requires_auth(endpoint):
+            identity = self.auth.check(req.headers)
+            if identity is None:
+                await self._error(resp, ProxyError(401, "authentication_error", "invalid or missing API key "
+                                                   "(send it as x-api-key or Authorization: Bearer)",
+                                                   {"x-should-retry": "false"}, False))
+                return
+            client_id = identity
+        if endpoint == "/v1/messages":
+            await self.messages(req, resp, client_id)
+        elif endpoint == "/v1/messages/count_tokens":
+            await self.count_tokens(req, resp)
+        elif endpoint == "/":
+            await self._send_json(resp, 200, self.info())
+        elif endpoint == "/health":
+            await self._send_json(resp, 200, {"status": "ok", "version": __version__,
+                                              "provider": self.router.primary.name})
+        elif endpoint == "/metrics":
+            await self._send_json(resp, 200, self.metrics.to_json())
+        elif endpoint == "/metrics/prometheus":
+            await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                            self.metrics.to_prometheus().encode())
+        else:
+            await self._send_json(resp, 200, self.models())
+
+    def info(self) -> dict:
+        return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
+                "model": self.router.primary.default_model or None,
+                "endpoints": ["POST /v1/messages", "POST /v1/messages/count_tokens", "GET /health",
+                              "GET /metrics", "GET /metrics/prometheus", "GET /v1/models", "GET /"]}
+
+    def models(self) -> dict:
+        names = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"]
+        data = []
+        for name in names:
+            route = self.router.resolve(name)[0]
+            data.append({"type": "model", "id": name, "display_name": f"{name} -> {route.model}",
+                         "created_at": "2025-01-01T00:00:00Z"})
+        return {"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]}
+
+    async def count_tokens(self, req: Request, resp: Responder) -> None:
+        try:
+            body = self._parse_body(req.body)
+            if not isinstance(body.get("messages"), list):
+                raise InvalidRequest("messages: field required (a list of messages)")
+            if not isinstance(body.get("model"), str) or not body["model"]:
+                raise InvalidRequest("model: field required")
+            tokens = estimate_tokens(body)
+        except InvalidRequest as e:
+            await self._error(resp, _invalid(str(e)))
+            return
+        await self._send_json(resp, 200, {"input_tokens": tokens})
+
+    # ------------------------------------------------------------------ /v1/messages
+
+    async def messages(self, req: Request, resp: Responder, client_id: str) -> None:
+        ex = Exchange(started=self.clock())
+        request_id = random_id("req_")
+        try:
+            await self._messages(req, resp, client_id, ex, request_id)
+        except ProxyError as err:
+            ex.status = err.status
+            if not resp.started:
+                await self._error(resp, err, request_id)
+        except asyncio.CancelledError:
+            ex.status = 499  # client closed the connection
+            raise
+        finally:
+            self._record(req, ex)
+
+    async def _messages(self, req: Request, resp: Responder, client_id: str, ex: Exchange,
+                        request_id: str) -> None:
+        # rate limit
+        extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
+        if self.limiter is not None:
+            decision = self.limiter.acquire(client_id)
+            rl_headers = self.limiter.headers(decision)
+            if not decision.allowed:
+                raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client",
+                                 dict(rl_headers), False)
+            extra_headers.extend(rl_headers)
+        # parse
+        if self.debug_log:
+            self.debug_log.incoming_request(req.body, req.headers)
+        try:
+            body = self._parse_body(req.body)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise InvalidRequest("model: field required")
+        except InvalidRequest as e:
+            raise _invalid(str(e)) from None
+        ex.requested_model = model
+        ex.stream = body.get("stream") is True
+        # route, then try the chain (queue / breaker / retry / fallback inside)
+        routes = self.router.resolve(model)
+        outcome = await self._obtain(body, routes, ex)
+        if isinstance(outcome, CachedResponse):
+            ex.cache = "HIT"
+            ex.status = 200
+            ex.provider, ex.upstream_model = outcome.provider, outcome.upstream_model
+            await resp.send(200, [_JSON, *extra_headers, ("x-clasp-provider", outcome.provider),
+                                  ("x-clasp-cache", "HIT")], outcome.body)
+            return
+        route, ctx, caps, upstream, cache_key = outcome
+        ex.provider, ex.upstream_model = route.target.name, route.model
+        extra_headers.append(("x-clasp-provider", route.target.name))
+        if cache_key is not None:
+            ex.cache = "MISS"
+            extra_headers.append(("x-clasp-cache", "MISS"))
+        is_sse = "text/event-stream" in upstream.headers.get("content-type", "")
+        if ex.stream and is_sse:
+            await self._relay_stream(upstream, resp, ctx, caps, ex, extra_headers)
+        else:
+            await self._relay_whole(upstream, resp, ctx, caps, ex, extra_headers, cache_key)
+
+    def _parse_body(self, raw: bytes) -> dict:
+        if not raw:
+            raise InvalidRequest("request body is empty; expected a JSON object")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        return body
+
+    def caps_for(self, target: Target, model: str) -> Capabilities:
+        key = (target.name, model)
+        caps = self._caps.get(key)
+        if caps is None:
+            caps = capabilities_for(target.provider, model, self.model_flags)
+            if len(self._caps) > 1024:
+                self._caps.clear()
+            self._caps[key] = caps
+        return caps
+
+    async def _obtain(self, body: dict, routes: list[Route], ex: Exchange):
+        """Get a 2xx upstream response (or a cache hit), applying queue, breaker, retry, fallback."""
+        prepared: dict[int, tuple] = {}
+
+        def prepare(i: int) -> tuple:
+            # translate once per route: fallbacks may need other capabilities
+            if i not in prepared:
+                route = routes[i]
+                caps = self.caps_for(route.target, route.model)
+                try:
+                    upstream_body, ctx = translate_request(body, route.model, caps)
+                except InvalidRequest as e:
+                    raise _invalid(str(e)) from None
+                ctx.requested_model = ex.requested_model
+                payload = _json_bytes(upstream_body)
+                cache_key = None
+                if self.cache is not None and not ctx.stream:
+                    from clasp.ops.cache import cache_key as make_key, is_cacheable
+                    if is_cacheable(body):
+                        cache_key = make_key(upstream_body, route.target.name, ex.requested_model)
+                prepared[i] = (ctx, caps, payload, cache_key)
+            return prepared[i]
+
+        async def chain():
+            last: ProxyError | None = None
+            for i, route in enumerate(routes):
+                ctx, caps, payload, cache_key = prepare(i)
+                if cache_key is not None:
+                    hit = self.cache.get(cache_key)
+                    if hit is not None:
+                        return hit
+                if i > 0:
+                    self.metrics.record_fallback(routes[0].target.name, route.target.name)
+                try:
+                    upstream = await self._call_target(route, ctx, payload, ex)
+                except ProxyError as err:
+                    last = err
+                    if err.retryable or err.status in _UNAVAILABLE:
+                        continue  # next target in the fallback chain, if any
+                    raise
+                return route, ctx, caps, upstream, cache_key
+            assert last is not None
+            raise last
+
+        try:
+            return await chain()
+        except ProxyError as err:
+            if self.queue is None or not _is_unavailable(err):
+                raise
+        try:
+            return await self.queue.run(chain, _is_unavailable)
+        except QueueFull:
+            raise ProxyError(529, "overloaded_error", "the provider is unavailable and the request queue is "
+                             "full; try again later", {"retry-after": "5"}, True) from None
+        except QueueTimeout as e:
+            if isinstance(e.last, ProxyError):
+                raise ProxyError(529, "overloaded_error", f"the provider stayed unavailable while the request "
+                                 f"waited in the queue: {e.last.message}", {"retry-after": "5"}, True) from None
+            raise ProxyError(529, "overloaded_error", "the provider stayed unavailable while the request "
+                             "waited in the queue", {"retry-after": "5"}, True) from None
+
+    async def _call_target(self, route: Route, ctx: RequestContext, payload: bytes,
+                           ex: Exchange) -> UpstreamResponse:
+        """One target: breaker gate, then the call with retries. Returns a 2xx response."""
+        target = route.target
+        breaker = self.breakers.get(target.name)
+        if breaker is not None and not breaker.allow():
+            after = max(1, int(breaker.retry_after_s() + 0.999))
+            raise ProxyError(503, "overloaded_error", f"{target.name}: circuit breaker is open after repeated "
+                             f"upstream failures", {"retry-after": str(after)}, True)
+        headers = [("content-type", "application/json"), *target.headers]
+        if ctx.stream:
+            headers.append(("accept", "text/event-stream"))
+        if self.debug_log:
+            self.debug_log.upstream_request(target.url, headers, payload)
+
+        async def attempt(n: int):
+            if n:
+                self.metrics.record_retry(target.name)
+            try:
+                upstream = await self.client.request("POST", target.url, headers, payload)
+            except UpstreamError as e:
+                return map_transport_error(e, target.name)
+            if upstream.status < 300:
+                return upstream
+            raw = await _read_error_body(upstream)
+            if self.debug_log:
+                self.debug_log.upstream_response(upstream.status, upstream.headers, raw)
+            self.metrics.record_upstream_error(target.name, upstream.status)
+            return map_upstream_error(upstream.status, upstream.headers, raw, target.name, ctx)
+
+        def classify(outcome):
+            if isinstance(outcome, ProxyError):
+                return outcome.retryable, outcome.headers
+            return False, None
+
+        try:
+            outcome = await self.retry.call_with_retries(attempt, classify)
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release()
+            raise
+        if isinstance(outcome, ProxyError):
+            if breaker is not None:
+                if outcome.retryable or outcome.status in _UNAVAILABLE:
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()  # the provider answered; the request was at fault
+            raise outcome
+        if breaker is not None:
+            breaker.record_success()
+        return outcome
+
+    # ------------------------------------------------------------------ relays
+
+    async def _relay_whole(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
+                           caps: Capabilities, ex: Exchange, headers: list, cache_key: str | None) -> None:
+        try:
+            raw = await upstream.read()
+        except UpstreamError as e:
+            raise map_transport_error(e, ex.provider) from None
+        finally:
+            upstream.close()
+        if self.debug_log:
+            self.debug_log.upstream_response(upstream.status, upstream.headers, raw)
+        ex.ttft = self.clock() - ex.started
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a non-JSON body",
+                             {}, True) from None
+        if "error" in data and not data.get("choices"):
+            raise map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx)
+        message = translate_response(data, ctx, caps)
+        usage = message.get("usage", {})
+        ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+        ex.output_tokens = usage.get("output_tokens", 0)
+        ex.tool_calls = sum(1 for b in message["content"] if b.get("type") == "tool_use")
+        ex.status = 200
+        if ex.stream:
+            # the upstream ignored stream:true (or is configured not to stream): synthesize events
+            translator = StreamTranslator(ctx, caps, message_id=message["id"])
+            events = translator.start() + _events_from_message(message)
+            await resp.start(200, [*_SSE_HEADERS, *headers])
+            payload = encode_events(events)
+            if self.debug_log:
+                self.debug_log.translated_response(payload)
+            resp.write(payload)
+            await resp.end()
+            return
+        body = _json_bytes(message)
+        if self.debug_log:
+            self.debug_log.translated_response(body)
+        if cache_key is not None and self.cache is not None:
+            self.cache.put(cache_key, CachedResponse(body, ex.provider, ex.upstream_model))
+        await resp.send(200, [_JSON, *headers], body)
+
+    async def _relay_stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
+                            caps: Capabilities, ex: Exchange, headers: list) -> None:
+        """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
+        drained before the next read, so memory stays bounded and events flow as they arrive."""
+        translator = StreamTranslator(ctx, caps, provider=ex.provider)
+        parser = SSEParser()
+        await resp.start(200, [*_SSE_HEADERS, *headers])
+        ex.status = 200
+        resp.write(encode_events(translator.start()))
+        await resp.drain()
+        debug = self.debug_log
+        clock = self.clock
+        state = {"last": clock()}
+        pinger = asyncio.ensure_future(self._ping_loop(resp, state))
+        failed = False
+        try:
+            async for data in upstream.iter_chunks():
+                if debug:
+                    debug.upstream_response(upstream.status, upstream.headers, data)
+                events = self._translate_payloads(parser.feed(data), translator, ex.provider)
+                if events:
+                    if ex.ttft is None:
+                        ex.ttft = clock() - ex.started
+                    failed = events[-1]["type"] == "error"
+                    out = encode_events(events)
+                    if debug:
+                        debug.translated_response(out)
+                    resp.write(out)
+                    state["last"] = clock()
+                    await resp.drain()
+                if translator.done:
+                    break
+            if not translator.done:  # upstream ended: flush a pending event, then finalize
+                events = self._translate_payloads(parser.close(), translator, ex.provider)
+                if not translator.done:
+                    events.extend(translator.finish())
+                failed = bool(events) and events[-1]["type"] == "error"
+                resp.write(encode_events(events))
+        except UpstreamError as e:
+            err = map_transport_error(e, ex.provider)
+            resp.write(encode_events(translator.fail(err)))
+            failed = True
+        finally:
+            pinger.cancel()
+            upstream.close()
+            usage = translator.usage or {}
+            ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+            ex.output_tokens = usage.get("output_tokens", 0)
+            ex.tool_calls = translator.tool_count
+        if failed:
+            # an error event ends the stream: then the connection closes, as Anthropic does
+            ex.status = 502
+            await resp.drain()
+            resp.abort()
+            return
+        await resp.end()
+
+    @staticmethod
+    def _translate_payloads(payloads: list[str], translator: StreamTranslator, provider: str) -> list[dict]:
+        events: list[dict] = []
+        for payload in payloads:
+            if payload == _DONE:
+                events.extend(translator.finish())
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                log.warning("%s: skipped a malformed stream chunk", provider)
+                continue
+            if isinstance(chunk, dict):
+                events.extend(translator.feed(chunk))
+        return events
+
+    async def _ping_loop(self, resp: Responder, state: dict) -> None:
+        """Keep the client's idle timer happy while the upstream is silent (slow first token)."""
+        interval = self.cfg.stream_ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.clock() - state["last"] >= interval and not resp.closed:
+                resp.write(_PING)
+                state["last"] = self.clock()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _send_json(self, resp: Responder, status: int, obj: Any) -> None:
+        await resp.send(status, [_JSON], _json_bytes(obj))
+
+    async def _error(self, resp: Responder, err: ProxyError, request_id: str | None = None) -> None:
+        status, headers, body = error_response(err, request_id)
+        if request_id:
+            headers = [*headers, ("request-id", request_id)]
+        await resp.send(status, headers, body)
+
+    def _record(self, req: Request, ex: Exchange) -> None:
+        latency = self.clock() - ex.started
+        self.metrics.record_request(provider=ex.provider or "-", model=ex.requested_model or "-",
+                                    status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
+                                    latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
+                                    output_tokens=ex.output_tokens, cache=ex.cache.lower() or None)
+        if self.access_log is not None:
+            self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
+                                upstream_model=ex.upstream_model, provider=ex.provider,
+                                latency_ms=round(latency * 1000, 1),
+                                ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
+                                input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
+                                cache=ex.cache or "-")
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    body: bytes
+    provider: str
+    upstream_model: str
+
+
+def _invalid(message: str) -> ProxyError:
+    return ProxyError(400, "invalid_request_error", message, {"x-should-retry": "false"}, False)
+
+
+def _is_unavailable(outcome: object) -> bool:
+    return isinstance(outcome, ProxyError) and (outcome.status in _UNAVAILABLE or outcome.retryable)
+
+
+async def _read_error_body(upstream: UpstreamResponse) -> bytes:
+    try:
+        return await upstream.read()
+    except UpstreamError:
+        return b""
+    finally:
+        upstream.close()
+
+
+def _events_from_message(message: dict) -> list[dict]:
+    """The event sequence of a whole Message (upstream answered JSON to a streaming request)."""
+    events: list[dict] = []
+    for i, block in enumerate(message["content"]):
+        kind = block["type"]
+        if kind == "text":
+            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "text_delta", "text": block["text"]}})
+        elif kind == "thinking":
+            events.append({"type": "content_block_start", "index": i,
+                           "content_block": {"type": "thinking", "thinking": ""}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "thinking_delta", "thinking": block["thinking"]}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "signature_delta", "signature": block.get("signature", "")}})
+        elif kind == "tool_use":
+            events.append({"type": "content_block_start", "index": i,
+                           "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
+                                             "input": {}}})
+            if block["input"]:
+                events.append({"type": "content_block_delta", "index": i,
+                               "delta": {"type": "input_json_delta",
+                                         "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+        events.append({"type": "content_block_stop", "index": i})
+    events.append({"type": "message_delta",
+                   "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
+                   "usage": message["usage"]})
+    events.append({"type": "message_stop"})
+    return events

@@ -1,0 +1,153 @@
+"""Command line: ``python -m clasp [flags]``, ``clasp claude ...``, ``clasp healthcheck``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+from typing import Sequence
+
+from clasp import __version__
+from clasp.config import Config, ConfigError, load_config, usage_text
+
+log = logging.getLogger("clasp")
+
+
+def version_line() -> str:
+    return f"clasp {__version__} (python {platform.python_version()})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "claude":
+        from clasp.launcher import run_claude
+        return run_claude(args[1:])
+    if args and args[0] == "healthcheck":
+        return healthcheck(args[1:])
+    try:
+        cfg, actions = load_config(args)
+    except ConfigError as e:
+        print(f"clasp: error: {e}", file=sys.stderr)
+        return 2
+    if actions.get("help"):
+        print(usage_text())
+        return 0
+    if actions.get("version"):
+        print(version_line())
+        return 0
+    setup_logging(cfg)
+    try:
+        if cfg.workers > 1:
+            return run_workers(cfg)
+        return asyncio.run(serve(cfg))
+    except ConfigError as e:
+        print(f"clasp: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"clasp: error: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def setup_logging(cfg: Config) -> None:
+    level = logging.DEBUG if (cfg.debug or cfg.debug_requests or cfg.debug_responses) else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
+                sock: socket.socket | None = None, log_stream=None) -> int:
+    """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code."""
+    from clasp.app import App
+    from clasp.server.http import HTTPServer, ServerLimits
+
+    app = App(cfg, log_stream=log_stream)
+    server = HTTPServer(app.handle, ServerLimits(cfg.max_body_size, cfg.header_timeout, cfg.idle_timeout))
+    try:
+        addresses = await server.start(cfg.host, cfg.port, reuse_port=cfg.workers > 1, sock=sock)
+    except BaseException:
+        await app.close()
+        raise
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (embedded use, tests): the caller sets `stop`
+    host, port = addresses[0]
+    log.info("clasp %s listening on http://%s:%s -> %s (%s)", __version__, host, port,
+             app.router.primary.name, app.router.primary.default_model or "model from request")
+    if ready is not None and not ready.done():
+        ready.set_result(port)
+    await stop.wait()
+    log.info("shutting down: waiting up to %ss for in-flight requests", cfg.shutdown_timeout)
+    await server.shutdown(cfg.shutdown_timeout)
+    await app.close()
+    return 0
+
+
+def run_workers(cfg: Config) -> int:
+    """N processes accept on one port with SO_REUSEPORT (Linux, BSD); the parent supervises."""
+    if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
+        log.warning("this platform has no SO_REUSEPORT/fork: running one worker")
+        return asyncio.run(serve(cfg))
+    children: list[int] = []
+    for _ in range(cfg.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = asyncio.run(serve(cfg))
+            except KeyboardInterrupt:
+                code = 0
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum, _frame):
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = 0
+    for child in children:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        rc = os.waitstatus_to_exitcode(status)
+        code = code or (rc if rc > 0 else 0)
+    return code
+
+
+def healthcheck(args: Sequence[str]) -> int:
+    """Exit 0 when GET /health answers 200: the container HEALTHCHECK (no shell or curl needed)."""
+    import http.client
+
+    host = os.environ.get("CLASP_HEALTHCHECK_HOST", "127.0.0.1")
+    port = int(args[0]) if args else int(os.environ.get("CLASP_PORT") or 8080)
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", "/health")
+        status = conn.getresponse().status
+        conn.close()
+    except OSError as e:
+        print(f"clasp healthcheck: {host}:{port} unreachable: {e}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"clasp healthcheck: /health answered {status}", file=sys.stderr)
+        return 1
+    return 0
