@@ -486,9 +486,10 @@ class App:
             ex.output_tokens = usage.get("output_tokens", 0)
             ex.tool_calls = translator.tool_count
         if failed:
-            # an error event ends the stream: then the connection closes, as Anthropic does
+            # An error event ends the stream: finish the HTTP message cleanly (so the client parses
+            # the event rather than seeing a broken transfer), then close the connection.
             ex.status = 502
-            await resp.drain()
+            await resp.end()
             resp.abort()
             return
         await resp.end()
