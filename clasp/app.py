@@ -10,6 +10,7 @@ HTTP server, the upstream client and the translators, and keeps the books (metri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -84,11 +85,12 @@ class App:
         self.limiter = None
         if cfg.rate_limit:
             from clasp.ops.ratelimit import RateLimiter
-            self.limiter = RateLimiter(cfg.rate_limit_requests, cfg.rate_limit_window, cfg.rate_limit_burst)
+            self.limiter = RateLimiter(cfg.rate_limit_requests, cfg.rate_limit_window, cfg.rate_limit_burst,
+                                       clock=clock)
         self.cache = None
         if cfg.cache:
             from clasp.ops.cache import ResponseCache
-            self.cache = ResponseCache(cfg.cache_max_size, cfg.cache_ttl)
+            self.cache = ResponseCache(cfg.cache_max_size, cfg.cache_ttl, clock=clock)
         self.retry = RetryPolicy(max_retries=cfg.max_retries, base_delay_s=cfg.retry_base_delay_ms / 1000)
         self.breakers: dict[str, CircuitBreaker] = {}
         if cfg.circuit_breaker:
@@ -105,6 +107,7 @@ class App:
         self.access_log = AccessLog(stream, cfg.log_format, secrets=cfg.secrets()) if cfg.access_log else None
         self.debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, cfg.secrets())
                           if cfg.debug_log_requests or cfg.debug_log_responses else None)
+        self.secrets = cfg.secrets()
         self.model_flags = parse_model_flags(cfg.model_flags)
         try:  # fail at start-up, not on the first request
             capabilities_for(self.router.primary.provider, self.router.primary.default_model, self.model_flags)
@@ -118,7 +121,23 @@ class App:
     # ------------------------------------------------------------------ dispatch
 
     async def handle(self, req: Request, resp: Responder) -> None:
-        """The server's handler: route by path (query ignored, base-URL prefixes tolerated)."""
+        """The server's handler. Every request gets one access line: /v1/messages writes its own
+        (model, tokens, TTFT, cache); everything else, rejections included, is logged here."""
+        started = self.clock()
+        own_line = cancelled = False
+        try:
+            own_line = await self._dispatch(req, resp)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if not own_line and self.access_log is not None:
+                self.access_log.log(method=req.method, path=req.path,
+                                    status=resp.status or (499 if cancelled else 500),
+                                    latency_ms=round((self.clock() - started) * 1000, 1))
+
+    async def _dispatch(self, req: Request, resp: Responder) -> bool:
+        """Route by path (query ignored, base-URL prefixes tolerated); True if /v1/messages ran."""
         path = req.path.rstrip("/") or "/"
         if path.endswith("/v1/messages"):
             endpoint, methods = "/v1/messages", ("POST",)
@@ -133,13 +152,13 @@ class App:
         else:
             await self._error(resp, ProxyError(404, "not_found_error", f"no such endpoint: {req.path}",
                                                {"x-should-retry": "false"}, False))
-            return
+            return False
         if req.method not in methods:
             err = ProxyError(405, "invalid_request_error",
                              f"method {req.method} not allowed on {endpoint} (use {', '.join(methods)})",
                              {"allow": ", ".join(methods), "x-should-retry": "false"}, False)
             await self._error(resp, err)
-            return
+            return False
         client_id = req.client
         if self.auth.requires_auth(endpoint):
             identity = self.auth.check(req.headers)
@@ -147,11 +166,12 @@ class App:
                 await self._error(resp, ProxyError(401, "authentication_error", "invalid or missing API key "
                                                    "(send it as x-api-key or Authorization: Bearer)",
                                                    {"x-should-retry": "false"}, False))
-                return
+                return False
             client_id = identity
         if endpoint == "/v1/messages":
             await self.messages(req, resp, client_id)
-        elif endpoint == "/v1/messages/count_tokens":
+            return True
+        if endpoint == "/v1/messages/count_tokens":
             await self.count_tokens(req, resp)
         elif endpoint == "/":
             await self._send_json(resp, 200, self.info())
@@ -165,6 +185,7 @@ class App:
                             self.metrics.to_prometheus().encode())
         else:
             await self._send_json(resp, 200, self.models())
+        return False
 
     def info(self) -> dict:
         return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
@@ -366,7 +387,8 @@ class App:
             if self.debug_log:
                 self.debug_log.upstream_response(upstream.status, upstream.headers, raw)
             self.metrics.record_upstream_error(target.name, upstream.status)
-            return map_upstream_error(upstream.status, upstream.headers, raw, target.name, ctx)
+            return _scrub(map_upstream_error(upstream.status, upstream.headers, raw, target.name, ctx),
+                          self.secrets)
 
         def classify(outcome):
             if isinstance(outcome, ProxyError):
@@ -411,7 +433,8 @@ class App:
             raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a non-JSON body",
                              {}, True) from None
         if "error" in data and not data.get("choices"):
-            raise map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx)
+            raise _scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
+                         self.secrets)
         message = translate_response(data, ctx, caps)
         usage = message.get("usage", {})
         ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
@@ -444,15 +467,19 @@ class App:
         parser = SSEParser()
         await resp.start(200, [*_SSE_HEADERS, *headers])
         ex.status = 200
-        resp.write(encode_events(translator.start()))
-        await resp.drain()
         debug = self.debug_log
+        out = encode_events(translator.start())
+        if debug:
+            debug.translated_response(out)
+        resp.write(out)
+        await resp.drain()
         clock = self.clock
         state = {"last": clock()}
         pinger = asyncio.ensure_future(self._ping_loop(resp, state))
         failed = False
+        chunks = upstream.iter_chunks()
         try:
-            async for data in upstream.iter_chunks():
+            async for data in chunks:
                 if debug:
                     debug.upstream_response(upstream.status, upstream.headers, data)
                 events = self._translate_payloads(parser.feed(data), translator, ex.provider)
@@ -468,19 +495,29 @@ class App:
                     await resp.drain()
                 if translator.done:
                     break
+                if translator.finish_reason and translator.has_upstream_usage:
+                    # everything is known: finish now rather than wait for [DONE] (PROTOCOL §3.3)
+                    resp.write(encode_events(translator.finish()))
+                    break
             if not translator.done:  # upstream ended: flush a pending event, then finalize
                 events = self._translate_payloads(parser.close(), translator, ex.provider)
                 if not translator.done:
                     events.extend(translator.finish())
                 failed = bool(events) and events[-1]["type"] == "error"
-                resp.write(encode_events(events))
+                out = encode_events(events)
+                if debug:
+                    debug.translated_response(out)
+                resp.write(out)
         except UpstreamError as e:
+            upstream.close()
             err = map_transport_error(e, ex.provider)
             resp.write(encode_events(translator.fail(err)))
             failed = True
+        except BaseException:
+            upstream.close()  # cancelled (client left) or failed: never pool a half-read connection
+            raise
         finally:
             pinger.cancel()
-            upstream.close()
             usage = translator.usage or {}
             ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
             ex.output_tokens = usage.get("output_tokens", 0)
@@ -489,10 +526,12 @@ class App:
             # An error event ends the stream: finish the HTTP message cleanly (so the client parses
             # the event rather than seeing a broken transfer), then close the connection.
             ex.status = 502
+            upstream.close()
             await resp.end()
             resp.abort()
             return
         await resp.end()
+        await _drain(chunks, upstream)
 
     @staticmethod
     def _translate_payloads(payloads: list[str], translator: StreamTranslator, provider: str) -> list[dict]:
@@ -556,6 +595,15 @@ def _invalid(message: str) -> ProxyError:
     return ProxyError(400, "invalid_request_error", message, {"x-should-retry": "false"}, False)
 
 
+def _scrub(err: ProxyError, secrets: list[str]) -> ProxyError:
+    """Drop configured keys from an upstream error message: some servers echo the key they got."""
+    message = err.message
+    for secret in secrets:
+        if secret in message:
+            message = message.replace(secret, "[redacted]")
+    return err if message is err.message else dataclasses.replace(err, message=message)
+
+
 def _is_unavailable(outcome: object) -> bool:
     return isinstance(outcome, ProxyError) and (outcome.status in _UNAVAILABLE or outcome.retryable)
 
@@ -567,6 +615,20 @@ async def _read_error_body(upstream: UpstreamResponse) -> bytes:
         return b""
     finally:
         upstream.close()
+
+
+async def _drain(chunks, upstream: UpstreamResponse, timeout_s: float = 1.0) -> None:
+    """Read what is left of a finished upstream stream (usually just `[DONE]` and the chunked
+    terminator) so its connection can go back to the pool; give up quickly otherwise."""
+    async def rest() -> None:
+        async for _ in chunks:
+            pass
+    try:
+        await asyncio.wait_for(rest(), timeout_s)
+    except (asyncio.TimeoutError, UpstreamError):
+        pass
+    finally:
+        upstream.close()  # no-op when the body was read to the end and pooled
 
 
 def _events_from_message(message: dict) -> list[dict]:

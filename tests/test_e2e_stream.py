@@ -255,3 +255,12 @@ def test_thinking_stream_from_reasoning_content(proxy, upstream):
     # no usage from upstream: estimates, never zero
     usage = events[-2][1]["usage"]
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+
+
+def test_upstream_connection_reused_across_streams(proxy, upstream):
+    upstream.script = lambda seen: sse_reply(text_chunks(["a"]))
+    before = upstream.connections
+    for _ in range(3):
+        status, _, events = proxy.post(STREAM)
+        assert status == 200 and names(events)[-1] == "message_stop"
+    assert upstream.connections - before <= 1   # one pooled keep-alive connection served all three
