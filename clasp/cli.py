@@ -28,17 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_claude(args[1:])
     if args and args[0] == "healthcheck":
         return healthcheck(args[1:])
+    if any(a in ("-h", "-help", "--help") for a in args):
+        print(usage_text())
+        return 0
+    if any(a in ("-v", "-version", "--version") for a in args):
+        print(version_line())
+        return 0
     try:
         cfg, actions = load_config(args)
     except ConfigError as e:
         print(f"clasp: error: {e}", file=sys.stderr)
         return 2
-    if actions.get("help"):
-        print(usage_text())
-        return 0
-    if actions.get("version"):
-        print(version_line())
-        return 0
     setup_logging(cfg)
     try:
         if cfg.workers > 1:

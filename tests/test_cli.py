@@ -1,0 +1,96 @@
+"""The command line as a user runs it: version, help, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness import FakeUpstream, LoopThread, completion, json_reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, env=None, timeout=30):
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "clasp", *args], env={**base, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout, cwd="/")
+
+
+def test_version():
+    p = run("-version")
+    assert p.returncode == 0
+    assert p.stdout.strip() == f"clasp 0.1.0 (python {platform.python_version()})"
+
+
+def test_help_lists_flags_and_variables_even_with_bad_config():
+    p = run("-help", "-auth")   # -auth without a key would be a config error
+    assert p.returncode == 0
+    for word in ("-port", "CLASP_PORT", "-queue-max-size", "CLASP_CIRCUIT_BREAKER_THRESHOLD", "OPENAI_API_KEY"):
+        assert word in p.stdout
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_in_flight_request_finish_then_exits_0(sig):
+    lt = LoopThread()
+    slow = json_reply(completion("slow answer"))
+    slow.hang = 1.0
+    up = FakeUpstream(lt, lambda seen: slow)
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT),
+           "CUSTOM_BASE_URL": up.url}
+    proc = subprocess.Popen([sys.executable, "-m", "clasp", "-provider", "custom", "-port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, proc.stderr.read1(4000) if proc.poll() is not None else "no start"
+                time.sleep(0.05)
+        result = {}
+
+        def call():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", method="POST", data=json.dumps(
+                {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(), headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                result["status"] = r.status
+                result["body"] = json.loads(r.read())
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.3)          # the request is now waiting on the slow upstream
+        proc.send_signal(sig)
+        t.join(10)
+        assert proc.wait(10) == 0
+        assert result["status"] == 200 and result["body"]["content"][0]["text"] == "slow answer"
+        with pytest.raises(OSError):  # no longer accepting
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+        up.close()
+        lt.stop()
