@@ -812,7 +812,8 @@ def test_fixture_replay(fixture, provider, model):
     assert_valid_chat_body(out)
 
     assert out["model"] == model and ctx.requested_model == "claude-opus-5-5" and ctx.upstream_model == model
-    assert out[caps.token_field] == 128000 and ctx.max_tokens == 128000
+    expected = min(128000, caps.max_output_cap or 128000)   # known models are clamped to their limit
+    assert out[caps.token_field] == expected and ctx.max_tokens == expected
     assert out["stream"] is True and out["stream_options"] == {"include_usage": True}
     assert ctx.show_thinking is True                      # adaptive thinking, display "omitted"
     assert ctx.name_map == {}
@@ -863,3 +864,14 @@ def test_fixture_send_user_and_clamp():
     out, ctx = translate_request(body, "m", capabilities_for("custom", "m", {"send_user": True, "max_output_cap": 8192}))
     assert out["max_tokens"] == 8192 and ctx.max_tokens == 8192
     assert out["user"] == hashlib.sha256(body["metadata"]["user_id"].encode()).hexdigest()
+
+
+@pytest.mark.parametrize("model, cap", [("gpt-4o", 16384), ("openai/gpt-4o-mini", 16384), ("gpt-4.1", 32768),
+                                        ("o3-mini", 100000), ("deepseek-chat", 8192), ("llama3.1", None)])
+def test_known_models_get_their_output_cap(model, cap):
+    caps = capabilities_for("openai", model)
+    assert caps.max_output_cap == cap
+    out, ctx = translate_request({"model": "claude-opus-4-1", "max_tokens": 128000,
+                                  "messages": [{"role": "user", "content": "hi"}]}, model, caps)
+    assert out[caps.token_field] == (cap or 128000)
+    assert capabilities_for("openai", model, {"max_output_cap": 1000}).max_output_cap == 1000

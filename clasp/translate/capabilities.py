@@ -46,6 +46,15 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Capabilities)}
 # o1, o1-mini, o3-mini-2025-01-31, o4-mini ... (not "omni-foo", not "o10x")
 _O_SERIES = re.compile(r"^o(\d)(?:$|[-_.:])")
 _MISTRAL_FAMILY = ("mistral", "mixtral", "codestral", "devstral", "magistral", "ministral", "pixtral")
+# Published output-token limits of well-known models, longest prefix first. Claude Code asks for
+# 32k-128k output tokens; sending that to gpt-4o (16k) is a 400, so clamp by default
+# (override with max_output_cap; unknown models are not clamped).
+_OUTPUT_CAPS: tuple[tuple[str, int], ...] = (
+    ("gpt-4o-mini", 16384), ("gpt-4o", 16384), ("chatgpt-4o", 16384), ("gpt-4.1", 32768),
+    ("gpt-4-turbo", 4096), ("gpt-4-", 4096), ("gpt-3.5-turbo", 4096), ("o1-mini", 65536),
+    ("o1", 100000), ("o3", 100000), ("o4-mini", 100000), ("gpt-5", 128000),
+    ("deepseek-chat", 8192), ("deepseek-reasoner", 65536),
+)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
 
@@ -130,6 +139,11 @@ def capabilities_for(provider: str, model: str, overrides: Mapping[str, object] 
         flags["mistral_ids"] = True          # Mistral wants 9-alphanumeric tool-call ids
     if prov == "gemini" or "gemini" in name:
         flags["gemini_schema"] = True
+
+    for prefix, cap in _OUTPUT_CAPS:
+        if name.startswith(prefix) or name == prefix.rstrip("-"):
+            flags["max_output_cap"] = cap
+            break
 
     for key, value in overrides.items():
         if key not in _FIELD_TYPES:
