@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -124,20 +125,24 @@ class App:
         """The server's handler. Every request gets one access line: /v1/messages writes its own
         (model, tokens, TTFT, cache); everything else, rejections included, is logged here."""
         started = self.clock()
-        own_line = cancelled = False
+        client_id: str | None = None
+        cancelled = False
         try:
-            own_line = await self._dispatch(req, resp)
+            client_id = await self._dispatch(req, resp)
         except asyncio.CancelledError:
             cancelled = True
             raise
         finally:
-            if not own_line and self.access_log is not None:
+            if client_id is None and self.access_log is not None:
                 self.access_log.log(method=req.method, path=req.path,
                                     status=resp.status or (499 if cancelled else 500),
                                     latency_ms=round((self.clock() - started) * 1000, 1))
+        if client_id is not None:
+            await self.messages(req, resp, client_id)
 
-    async def _dispatch(self, req: Request, resp: Responder) -> bool:
-        """Route by path (query ignored, base-URL prefixes tolerated); True if /v1/messages ran."""
+    async def _dispatch(self, req: Request, resp: Responder) -> str | None:
+        """Route by path (query ignored, base-URL prefixes tolerated) and answer everything but an
+        authorized /v1/messages, for which the client identity (rate-limit key) is returned."""
         path = req.path.rstrip("/") or "/"
         if path.endswith("/v1/messages"):
             endpoint, methods = "/v1/messages", ("POST",)
@@ -152,13 +157,13 @@ class App:
         else:
             await self._error(resp, ProxyError(404, "not_found_error", f"no such endpoint: {req.path}",
                                                {"x-should-retry": "false"}, False))
-            return False
+            return None
         if req.method not in methods:
             err = ProxyError(405, "invalid_request_error",
                              f"method {req.method} not allowed on {endpoint} (use {', '.join(methods)})",
                              {"allow": ", ".join(methods), "x-should-retry": "false"}, False)
             await self._error(resp, err)
-            return False
+            return None
         client_id = req.client
         if self.auth.requires_auth(endpoint):
             identity = self.auth.check(req.headers)
@@ -166,11 +171,10 @@ class App:
                 await self._error(resp, ProxyError(401, "authentication_error", "invalid or missing API key "
                                                    "(send it as x-api-key or Authorization: Bearer)",
                                                    {"x-should-retry": "false"}, False))
-                return False
+                return None
             client_id = identity
         if endpoint == "/v1/messages":
-            await self.messages(req, resp, client_id)
-            return True
+            return client_id
         if endpoint == "/v1/messages/count_tokens":
             await self.count_tokens(req, resp)
         elif endpoint == "/":
@@ -179,13 +183,16 @@ class App:
             await self._send_json(resp, 200, {"status": "ok", "version": __version__,
                                               "provider": self.router.primary.name})
         elif endpoint == "/metrics":
-            await self._send_json(resp, 200, self.metrics.to_json())
+            data = self.metrics.to_json()
+            if self.cfg.workers > 1:  # each worker process counts its own requests
+                data["worker"] = {"pid": os.getpid(), "workers": self.cfg.workers}
+            await self._send_json(resp, 200, data)
         elif endpoint == "/metrics/prometheus":
             await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                             self.metrics.to_prometheus().encode())
         else:
             await self._send_json(resp, 200, self.models())
-        return False
+        return None
 
     def info(self) -> dict:
         return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
@@ -227,7 +234,8 @@ class App:
             if not resp.started:
                 await self._error(resp, err, request_id)
         except asyncio.CancelledError:
-            ex.status = 499  # client closed the connection
+            if not resp.finished:  # the server also cancels once a finished client hangs up
+                ex.status = 499  # client closed the connection
             raise
         finally:
             self._record(req, ex)
@@ -380,7 +388,12 @@ class App:
             try:
                 upstream = await self.client.request("POST", target.url, headers, payload)
             except UpstreamError as e:
-                return map_transport_error(e, target.name)
+                err = map_transport_error(e, target.name)
+                if type(e) is UpstreamError:
+                    # the client raises the bare class when the connection broke before a
+                    # response head (reset, closed unanswered): a connection error, retryable
+                    err.retryable = True
+                return err
             if upstream.status < 300:
                 return upstream
             raw = await _read_error_body(upstream)
