@@ -185,3 +185,16 @@ def test_client_disconnect_cancels_the_handler(server):
     while server.echo.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.echo.cancelled == before + 1
+
+
+def test_http10_stream_is_close_delimited(server):
+    s = send(server.port, b"GET /stream HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body == b"".join(f"event: n\ndata: {i}\n\n".encode() for i in range(3))

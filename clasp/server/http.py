@@ -54,10 +54,13 @@ def error_json(error_type: str, message: str) -> bytes:
 class Responder:
     """Writes the response of one request: whole (send) or streamed with chunked encoding."""
 
-    __slots__ = ("_writer", "_head_only", "keep_alive", "started", "finished", "closed", "status", "_chunked")
+    __slots__ = ("_writer", "_head_only", "keep_alive", "started", "finished", "closed", "status", "_chunked",
+                 "_http11")
 
-    def __init__(self, writer: asyncio.StreamWriter, head_only: bool, keep_alive: bool) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, head_only: bool, keep_alive: bool,
+                 http11: bool = True) -> None:
         self._writer = writer
+        self._http11 = http11
         self._head_only = head_only
         self.keep_alive = keep_alive
         self.started = False
@@ -94,7 +97,9 @@ class Responder:
             raise RuntimeError("response already started")
         self.started = True
         self.status = status
-        self._chunked = not self._head_only
+        self._chunked = not self._head_only and self._http11
+        if not self._http11:  # HTTP/1.0 has no chunked encoding: the body ends at close
+            self.keep_alive = False
         head = self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b"")
         if not self.closed:
             self._writer.write(head)
@@ -103,7 +108,7 @@ class Responder:
         """Queue one piece of a streamed body; call drain() to apply backpressure."""
         if self.closed or not data or self._head_only:
             return
-        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
     async def drain(self) -> None:
         if self.closed:
@@ -225,7 +230,7 @@ class HTTPServer:
                 return
             if self._stopping:
                 keep_alive = False
-            responder = Responder(writer, request.method == "HEAD", keep_alive)
+            responder = Responder(writer, request.method == "HEAD", keep_alive, request.http_version == "HTTP/1.1")
             carry = await self._run_handler(request, responder, reader)
             if carry is None or not responder.keep_alive or responder.closed:
                 return
