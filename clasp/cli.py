@@ -138,7 +138,13 @@ def healthcheck(args: Sequence[str]) -> int:
     import http.client
 
     host = os.environ.get("CLASP_HEALTHCHECK_HOST", "127.0.0.1")
-    port = int(args[0]) if args else int(os.environ.get("CLASP_PORT") or 8080)
+    if args:
+        port = int(args[0])
+    else:  # the same port the proxy uses: flags are not given here, but env and config file are
+        try:
+            port = load_config([], os.environ)[0].port
+        except ConfigError:
+            port = int(os.environ.get("CLASP_PORT") or 8080)
     try:
         conn = http.client.HTTPConnection(host, port, timeout=5)
         conn.request("GET", "/health")

@@ -1,0 +1,223 @@
+"""`clasp claude ...`: a fake `claude` on PATH checks what the launcher gives it and talks to the
+private proxy, which talks to a fake upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import FakeUpstream, LoopThread, completion, json_reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The fake Claude Code: records its argv and environment, calls /health and POST /v1/messages
+# on ANTHROPIC_BASE_URL the way Claude Code does (x-api-key), then exits with FAKE_EXIT, or
+# with FAKE_MODE=wait, announces itself and waits for a signal.
+FAKE_CLAUDE = r'''
+import http.client, json, os, signal, sys, time, urllib.parse
+report = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in (
+    "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
+    "KEEP_ME")}}
+out = os.environ["FAKE_REPORT"]
+def save():
+    with open(out + ".tmp", "w") as f:
+        json.dump(report, f)
+    os.replace(out + ".tmp", out)
+if os.environ.get("FAKE_MODE") == "wait":
+    def on_signal(signum, frame):
+        report["signal"] = signum
+        save()
+        sys.exit(int(os.environ["FAKE_EXIT"]))
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # SIGTERM keeps its default: the child dies of it
+    report["waiting"] = True
+    save()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(99)
+url = urllib.parse.urlsplit(os.environ["ANTHROPIC_BASE_URL"])
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+conn.request("GET", "/health")
+r = conn.getresponse()
+report["health"] = [r.status, json.loads(r.read())]
+body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100,
+                   "messages": [{"role": "user", "content": "hi"}]})
+conn.request("POST", "/v1/messages?beta=true", body=body,
+              headers={"content-type": "application/json", "anthropic-version": "2023-06-01",
+                       "x-api-key": os.environ["ANTHROPIC_API_KEY"]})
+r = conn.getresponse()
+report["messages"] = [r.status, json.loads(r.read())]
+save()
+sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
+'''
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    lt = LoopThread()
+    up = FakeUpstream(lt, lambda seen: json_reply(completion("Hi from upstream")))
+    yield up
+    up.close()
+    lt.stop()
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "claude"
+    script.write_text(f"#!{sys.executable}\n{FAKE_CLAUDE}", encoding="utf-8")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def launcher_env(tmp_path: Path, upstream: FakeUpstream | None, path: str, **extra: str) -> dict:
+    env = {"PATH": path, "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT), "FAKE_REPORT": str(tmp_path / "report.json"), "LANG": "C.UTF-8"}
+    if upstream is not None:
+        env.update(PROVIDER="custom", CUSTOM_BASE_URL=upstream.url, CLASP_MODEL="up-model")
+    env.update(extra)
+    return env
+
+
+def run_launcher(args: list[str], env: dict, cwd: Path, cmd: list[str] | None = None,
+                 timeout: float = 20) -> subprocess.CompletedProcess:
+    cmd = cmd or [sys.executable, "-m", "clasp", "claude"]
+    return subprocess.run([*cmd, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def test_claude_runs_against_the_proxy_and_its_exit_code_is_returned(tmp_path, fake_claude, upstream):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="7", KEEP_ME="yes",
+                       ANTHROPIC_AUTH_TOKEN="user-token", CLAUDE_CODE_USE_BEDROCK="1")
+    before = len(upstream.requests)
+    args = ["-p", "say hi", "--model", "claude-sonnet-4-5", "-port", "9"]  # all of them are claude's
+    proc = run_launcher(args, env, tmp_path)
+    assert proc.returncode == 7, proc.stderr
+    report = read_report(tmp_path)
+    assert report["argv"] == args
+    child_env = report["env"]
+    assert child_env["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:")
+    assert child_env["ANTHROPIC_API_KEY"] == "clasp"      # no auth: a placeholder Claude Code accepts
+    assert child_env["ANTHROPIC_AUTH_TOKEN"] is None      # would override the key
+    assert child_env["CLAUDE_CODE_USE_BEDROCK"] is None   # would bypass ANTHROPIC_BASE_URL
+    assert child_env["KEEP_ME"] == "yes"                  # the rest of the environment is passed on
+    assert report["health"][0] == 200 and report["health"][1]["status"] == "ok"
+    status, message = report["messages"]
+    assert status == 200, message
+    assert message["type"] == "message" and message["model"] == "claude-sonnet-4-5"
+    assert message["content"] == [{"type": "text", "text": "Hi from upstream"}]
+    assert message["stop_reason"] == "end_turn"
+    assert len(upstream.requests) == before + 1
+    sent = upstream.requests[-1]
+    assert sent.target == "/v1/chat/completions" and sent.json()["model"] == "up-model"
+    # The terminal stays Claude Code's: the access log went to the cache file.
+    assert proc.stdout == "" and proc.stderr == ""
+    log = (tmp_path / "cache" / "clasp" / "claude-proxy.log").read_text()
+    assert "/v1/messages" in log and "listening on http://127.0.0.1:" in log
+
+
+def test_auth_key_is_handed_to_claude(tmp_path, fake_claude, upstream):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0", CLASP_AUTH="true",
+                       CLASP_AUTH_API_KEY="proxy-secret-123", ANTHROPIC_AUTH_TOKEN="user-token")
+    proc = run_launcher([], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = read_report(tmp_path)
+    assert report["env"]["ANTHROPIC_API_KEY"] == "proxy-secret-123"
+    assert report["messages"][0] == 200                   # the proxy accepted the key
+    assert "proxy-secret-123" not in (tmp_path / "cache" / "clasp" / "claude-proxy.log").read_text()
+
+
+def test_unwritable_log_location_keeps_the_terminal_clean(tmp_path, fake_claude, upstream):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # the cache "directory" is a file: the log cannot be created
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0", XDG_CACHE_HOME=str(blocker))
+    proc = run_launcher([], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert read_report(tmp_path)["messages"][0] == 200
+    assert proc.stdout == "" and proc.stderr == ""
+
+
+def test_missing_claude_exits_127_with_the_install_command(tmp_path, upstream):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_launcher(["--help"], launcher_env(tmp_path, upstream, str(empty)), tmp_path)
+    assert proc.returncode == 127
+    assert "npm install -g @anthropic-ai/claude-code" in proc.stderr
+    assert "claude" in proc.stderr.splitlines()[0]
+
+
+def test_config_error_exits_2_before_claude_runs(tmp_path, fake_claude):
+    env = launcher_env(tmp_path, None, str(fake_claude), PROVIDER="nonsense")
+    proc = run_launcher([], env, tmp_path)
+    assert proc.returncode == 2
+    assert "nonsense" in proc.stderr and "PROVIDER" in proc.stderr
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_missing_provider_credentials_exit_2(tmp_path, fake_claude):
+    env = launcher_env(tmp_path, None, str(fake_claude), PROVIDER="openai")
+    proc = run_launcher([], env, tmp_path)
+    assert proc.returncode == 2
+    assert "OPENAI_API_KEY" in proc.stderr
+    assert not (tmp_path / "report.json").exists()
+
+
+def _start_waiting(tmp_path: Path, fake_claude: Path, upstream: FakeUpstream, exit_code: str):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_MODE="wait", FAKE_EXIT=exit_code)
+    proc = subprocess.Popen([sys.executable, "-m", "clasp", "claude"], env=env, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 15
+    while not (tmp_path / "report.json").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "fake claude did not start"
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize("signame,expected", [("SIGTERM", 128 + signal.SIGTERM), ("SIGHUP", 5),
+                                              ("SIGINT", 6)])
+def test_signals_are_forwarded_to_claude(tmp_path, fake_claude, upstream, signame, expected):
+    # SIGTERM: the child dies of it (128+15). SIGHUP/SIGINT: its handler exits with FAKE_EXIT.
+    # (No terminal here, so SIGINT cannot have reached the child directly: it must be forwarded.)
+    proc = _start_waiting(tmp_path, fake_claude, upstream, str(expected))
+    try:
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:  # not forwarded: do not leave the launcher behind
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == expected, err
+    if signame != "SIGTERM":
+        assert read_report(tmp_path)["signal"] == getattr(signal, signame)
+
+
+def test_zipapp_runs_claude(tmp_path, fake_claude, upstream):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from build_zipapp import build
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    pyz = build(tmp_path / "clasp.pyz")
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="3")
+    del env["PYTHONPATH"]
+    proc = run_launcher(["-p", "x"], env, tmp_path, cmd=[sys.executable, "-I", str(pyz), "claude"])
+    assert proc.returncode == 3, proc.stderr
+    report = read_report(tmp_path)
+    assert report["argv"] == ["-p", "x"]
+    assert report["messages"][0] == 200
+    assert report["messages"][1]["content"][0]["text"] == "Hi from upstream"
