@@ -138,7 +138,7 @@ class App:
                                     status=resp.status or (499 if cancelled else 500),
                                     latency_ms=round((self.clock() - started) * 1000, 1))
         if client_id is not None:
-            await self.messages(req, resp, client_id)
+            await self.messages(req, resp, client_id, consume=True)
 
     async def _dispatch(self, req: Request, resp: Responder) -> str | None:
         """Route by path (query ignored, base-URL prefixes tolerated) and answer everything but an
@@ -224,11 +224,12 @@ class App:
 
     # ------------------------------------------------------------------ /v1/messages
 
-    async def messages(self, req: Request, resp: Responder, client_id: str) -> None:
+    async def messages(self, req: Request, resp: Responder, client_id: str, *, consume: bool = False) -> None:
+        """consume=True (the server's own Request): req.body is released once parsed."""
         ex = Exchange(started=self.clock())
         request_id = random_id("req_")
         try:
-            await self._messages(req, resp, client_id, ex, request_id)
+            await self._messages(req, resp, client_id, ex, request_id, consume)
         except ProxyError as err:
             ex.status = err.status
             if not resp.started:
@@ -241,7 +242,7 @@ class App:
             self._record(req, ex)
 
     async def _messages(self, req: Request, resp: Responder, client_id: str, ex: Exchange,
-                        request_id: str) -> None:
+                        request_id: str, consume: bool = False) -> None:
         # rate limit
         extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
         if self.limiter is not None:
@@ -261,11 +262,18 @@ class App:
                 raise InvalidRequest("model: field required")
         except InvalidRequest as e:
             raise _invalid(str(e)) from None
+        if consume:
+            req.body = b""  # ~50 KB per request that a long stream would otherwise pin
         ex.requested_model = model
         ex.stream = body.get("stream") is True
         # route, then try the chain (queue / breaker / retry / fallback inside)
         routes = self.router.resolve(model)
-        outcome = await self._obtain(body, routes, ex)
+        # The parsed client body (~120 KB for a Claude Code request) is handed over in a box
+        # that _obtain empties once every route is translated: with hundreds of concurrent
+        # streams it must not be held while waiting for the upstream, or for a whole stream.
+        box = [body]
+        body = None
+        outcome = await self._obtain(box, routes, ex)
         if isinstance(outcome, CachedResponse):
             ex.cache = "HIT"
             ex.status = 200
@@ -306,13 +314,15 @@ class App:
             self._caps[key] = caps
         return caps
 
-    async def _obtain(self, body: dict, routes: list[Route], ex: Exchange):
-        """Get a 2xx upstream response (or a cache hit), applying queue, breaker, retry, fallback."""
+    async def _obtain(self, box: list[dict], routes: list[Route], ex: Exchange):
+        """Get a 2xx upstream response (or a cache hit), applying queue, breaker, retry, fallback.
+        `box` holds the parsed client body; it is emptied once no route needs it any more."""
         prepared: dict[int, tuple] = {}
 
         def prepare(i: int) -> tuple:
             # translate once per route: fallbacks may need other capabilities
             if i not in prepared:
+                body = box[0]
                 route = routes[i]
                 caps = self.caps_for(route.target, route.model)
                 try:
@@ -327,6 +337,8 @@ class App:
                     if is_cacheable(body):
                         cache_key = make_key(upstream_body, route.target.name, ex.requested_model)
                 prepared[i] = (ctx, caps, payload, cache_key)
+                if len(prepared) == len(routes):
+                    box.clear()
             return prepared[i]
 
         async def chain():
@@ -357,6 +369,13 @@ class App:
                 raise
         try:
             return await self.queue.run(chain, _is_unavailable)
+        except ProxyError as err:
+            if not _is_unavailable(err):
+                raise  # the provider answered: the request itself failed
+            # queue retries used up while the provider stayed unavailable: as explicit as a wait expiry
+            raise ProxyError(529, "overloaded_error", f"the provider stayed unavailable after "
+                             f"{self.queue.max_retries} retries in the queue: {err.message}",
+                             {"retry-after": "5"}, True) from None
         except QueueFull:
             raise ProxyError(529, "overloaded_error", "the provider is unavailable and the request queue is "
                              "full; try again later", {"retry-after": "5"}, True) from None
@@ -371,6 +390,7 @@ class App:
                            ex: Exchange) -> UpstreamResponse:
         """One target: breaker gate, then the call with retries. Returns a 2xx response."""
         target = route.target
+        ex.provider, ex.upstream_model = target.name, route.model  # attributes failures too (logs, metrics)
         breaker = self.breakers.get(target.name)
         if breaker is not None and not breaker.allow():
             after = max(1, int(breaker.retry_after_s() + 0.999))
@@ -410,7 +430,9 @@ class App:
 
         try:
             outcome = await self.retry.call_with_retries(attempt, classify)
-        except asyncio.CancelledError:
+        except BaseException:
+            # cancelled (client left) or an unexpected error: free a half-open probe slot,
+            # or the breaker would wait forever for this probe's verdict
             if breaker is not None:
                 breaker.release()
             raise
@@ -510,7 +532,10 @@ class App:
                     break
                 if translator.finish_reason and translator.has_upstream_usage:
                     # everything is known: finish now rather than wait for [DONE] (PROTOCOL §3.3)
-                    resp.write(encode_events(translator.finish()))
+                    out = encode_events(translator.finish())
+                    if debug:
+                        debug.translated_response(out)
+                    resp.write(out)
                     break
             if not translator.done:  # upstream ended: flush a pending event, then finalize
                 events = self._translate_payloads(parser.close(), translator, ex.provider)
