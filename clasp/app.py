@@ -408,12 +408,7 @@ class App:
             try:
                 upstream = await self.client.request("POST", target.url, headers, payload)
             except UpstreamError as e:
-                err = map_transport_error(e, target.name)
-                if type(e) is UpstreamError:
-                    # the client raises the bare class when the connection broke before a
-                    # response head (reset, closed unanswered): a connection error, retryable
-                    err.retryable = True
-                return err
+                return map_transport_error(e, target.name)
             if upstream.status < 300:
                 return upstream
             raw = await _read_error_body(upstream)

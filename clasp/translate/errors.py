@@ -451,7 +451,9 @@ def map_transport_error(exc: BaseException, provider: str) -> ProxyError:
         return ProxyError(502, "api_error", f"{prefix}TLS certificate verification failed{suffix}", {"x-should-retry": "false"}, False)
     if "ConnectError" in names or "ConnectionRefusedError" in names or "gaierror" in names:
         return ProxyError(502, "api_error", f"{prefix}could not connect to upstream{suffix}", {}, True)
-    if "ProtocolError" in names or "ConnectionError" in names or "IncompleteReadError" in names:
+    if ("ProtocolError" in names or "ConnectionError" in names or "IncompleteReadError" in names
+            or "UpstreamError" in names):
+        # UpstreamError itself: the connection broke before a response head (reset, closed unanswered).
         # Reset / closed keep-alive connection / truncated response: a fresh attempt usually works.
         return ProxyError(502, "api_error", f"{prefix}upstream connection failed{suffix}", {}, True)
     return ProxyError(502, "api_error", f"{prefix}upstream request failed{suffix}", {}, False)
