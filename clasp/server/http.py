@@ -375,7 +375,8 @@ class HTTPServer:
                 data = b"" if exc else watcher.result()
                 if not data:  # client went away: stop the work (and its upstream request)
                     responder.closed = True
-                    handler_task.cancel()
+                    if not responder.finished:  # a finished response may still be tidying up
+                        handler_task.cancel()
                     await asyncio.wait((handler_task,))
                     return None
                 carry = data  # pipelined next request
