@@ -82,11 +82,13 @@ class FlakyUpstream:
 
     async def set_mode(self, mode: str) -> None:
         if mode == "refuse" and self.server is not None:
+            self.mode = mode            # busy connections end after their current answer
             self.server.close()
-            await self.server.wait_closed()
-            self.server = None
             for w in list(self.idle):   # pooled keep-alive connections die with the provider
                 w.close()
+            # (on 3.12+ wait_closed also waits for open connections, so close them first)
+            await self.server.wait_closed()
+            self.server = None
         self.mode = mode
         if mode != "refuse" and self.server is None:
             await self.listen()         # same port: the provider is back
@@ -94,9 +96,10 @@ class FlakyUpstream:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
         for w in list(self.idle):
             w.close()
+        if self.server is not None:
+            await self.server.wait_closed()
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
