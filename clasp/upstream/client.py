@@ -309,7 +309,7 @@ class UpstreamResponse:
                 return data
             if self._mode == _CHUNKED:
                 # One wait_for per call: chunk header (if due) plus the first available data bytes.
-                data = await asyncio.wait_for(self._read_chunked(conn.reader), timeout)
+                data = await _within(self._read_chunked(conn.reader), timeout)
                 if not data:
                     self._finish()
                 return data
@@ -369,6 +369,28 @@ class UpstreamResponse:
             total += len(line)
             if total > MAX_HEAD:
                 raise ProtocolError(f"{self._label} sent trailers larger than 64 KiB")
+
+
+async def _within(coro, timeout: float):
+    """`await coro`, raising asyncio.TimeoutError after `timeout` seconds. The per-event read of a
+    stream: one timer handle, where wait_for would also create and schedule a second task."""
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if expired:
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 class _ChunkIterator:
