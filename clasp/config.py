@@ -11,7 +11,6 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
@@ -348,20 +347,21 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
                     else env.get(m.group(1), ""), text)
 
 
-def default_config_paths(env: Mapping[str, str]) -> list[Path]:
-    home = env.get("HOME") or str(Path.home())
-    return [Path("clasp.toml"), Path("clasp.json"), Path(home) / ".config/clasp/config.toml",
-            Path(home) / ".config/clasp/config.json", Path("/etc/clasp/config.toml"),
-            Path("/etc/clasp/config.json")]
+def default_config_paths(env: Mapping[str, str]) -> list[str]:
+    home = env.get("HOME") or os.path.expanduser("~")
+    return ["clasp.toml", "clasp.json", os.path.join(home, ".config/clasp/config.toml"),
+            os.path.join(home, ".config/clasp/config.json"), "/etc/clasp/config.toml",
+            "/etc/clasp/config.json"]
 
 
-def load_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def load_file(path: str, env: Mapping[str, str]) -> dict[str, Any]:
     """Read a TOML (3.11+) or JSON config file into {setting name: value}."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    if path.suffix == ".json" or text.lstrip().startswith("{"):
+    if path.endswith(".json") or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -392,7 +392,7 @@ def load_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _flatten(data: dict, prefix: str, out: dict, path: Path) -> None:
+def _flatten(data: dict, prefix: str, out: dict, path: str) -> None:
     # Tables are a convenience: [queue] max_size = 5 is the same key as queue_max_size = 5;
     # a table named like a bool setting may hold `enabled`.
     for key, value in data.items():
@@ -414,11 +414,11 @@ def load_config(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) 
     config_path = actions.get("config") or env.get("CLASP_CONFIG_FILE", "")
     file_values: dict[str, Any] = {}
     if config_path:
-        file_values = load_file(Path(config_path), env)
+        file_values = load_file(config_path, env)
     else:
         for candidate in default_config_paths(env):
-            if candidate.is_file():
-                config_path = str(candidate)
+            if os.path.isfile(candidate):
+                config_path = candidate
                 file_values = load_file(candidate, env)
                 break
     values: dict[str, Any] = {}

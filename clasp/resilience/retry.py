@@ -20,8 +20,6 @@ import asyncio
 import math
 import random
 import time
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Awaitable, Callable, Mapping, Optional, Tuple, TypeVar, Union
 
 __all__ = ["RETRYABLE_STATUSES", "NEVER_RETRY_STATUSES", "RetryPolicy", "header_value"]
@@ -132,6 +130,8 @@ class RetryPolicy:
 
     def _seconds_until_http_date(self, raw: str) -> Optional[float]:
         try:
+            from datetime import timezone  # rare: keep email/datetime out of start-up
+            from email.utils import parsedate_to_datetime
             when = parsedate_to_datetime(raw.strip())
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
