@@ -94,3 +94,39 @@ def test_signal_lets_in_flight_request_finish_then_exits_0(sig):
         proc.stderr.close()
         up.close()
         lt.stop()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+def test_workers_share_the_port_and_stop_together():
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT),
+           "CUSTOM_BASE_URL": "http://127.0.0.1:9/v1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clasp", "-provider", "custom", "-port", str(port),
+                             "-workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd="/")
+    try:
+        pids = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            try:   # a new connection each time: the kernel spreads them over the workers
+                data = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read())
+                pids.add(data["worker"]["pid"])
+                assert data["worker"]["workers"] == 2
+            except OSError:
+                time.sleep(0.05)
+        assert len(pids) == 2 and proc.pid not in pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        for pid in pids:   # every worker is gone
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                    time.sleep(0.05)
+                except ProcessLookupError:
+                    break
+            else:
+                pytest.fail(f"worker {pid} still running")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
