@@ -15,20 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "claude-code"
 
 
-@pytest.fixture(scope="module")
-def lt():
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture
-def upstream(lt):
-    up = FakeUpstream(lt)
-    yield up
-    up.close()
-
-
 def custom_proxy(lt, upstream, *argv, **env):
     return Proxy(lt, ["-provider", "custom", "-model", "gpt-test", *argv],
                  {"CUSTOM_BASE_URL": upstream.url, **env})

@@ -38,20 +38,6 @@ BEARER_HDR = {"authorization": f"Bearer {PROXY_KEY}"}
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module")
-def lt():
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture
-def upstream(lt):
-    up = FakeUpstream(lt)
-    yield up
-    up.close()
-
-
 @pytest.fixture
 def proxies():
     started: list[Proxy] = []

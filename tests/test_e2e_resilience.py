@@ -26,20 +26,6 @@ HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": 
 FAST = ["-retry-base-delay-ms", "10"]
 
 
-@pytest.fixture(scope="module")
-def lt():
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture
-def upstream(lt):
-    up = FakeUpstream(lt)
-    yield up
-    up.close()
-
-
 @pytest.fixture
 def pool():
     with ThreadPoolExecutor(max_workers=8) as ex:

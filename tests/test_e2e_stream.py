@@ -13,20 +13,6 @@ import pytest
 from harness import FakeUpstream, LoopThread, Proxy, Reply, completion, json_reply, parse_sse, sse_reply, text_chunks
 
 
-@pytest.fixture(scope="module")
-def lt():
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture
-def upstream(lt):
-    up = FakeUpstream(lt)
-    yield up
-    up.close()
-
-
 @pytest.fixture
 def proxy(lt, upstream):
     p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", "-max-retries", "0"],

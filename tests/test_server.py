@@ -13,13 +13,6 @@ from clasp.server.http import HTTPServer, Request, Responder, ServerLimits
 from harness import LoopThread, recv_response
 
 
-@pytest.fixture(scope="module")
-def lt():
-    loop = LoopThread()
-    yield loop
-    loop.stop()
-
-
 class Echo:
     def __init__(self):
         self.cancelled = 0
