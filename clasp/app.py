@@ -36,7 +36,7 @@ from clasp.translate.errors import (InvalidRequest, ProxyError, error_event, err
 from clasp.translate.request import RequestContext, translate_request
 from clasp.translate.response import translate_response
 from clasp.translate.sse import SSEParser, encode_event, encode_events
-from clasp.translate.stream import StreamTranslator
+from clasp.translate.stream import StreamTranslator, events_from_message
 from clasp.translate.tokens import estimate_tokens
 from clasp.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -474,7 +474,7 @@ class App:
         if ex.stream:
             # the upstream ignored stream:true (or is configured not to stream): synthesize events
             translator = StreamTranslator(ctx, caps, message_id=message["id"])
-            events = translator.start() + _events_from_message(message)
+            events = translator.start() + events_from_message(message)
             await resp.start(200, [*_SSE_HEADERS, *headers])
             payload = encode_events(events)
             if self.debug_log:
@@ -662,35 +662,3 @@ async def _drain(chunks, upstream: UpstreamResponse, timeout_s: float = 1.0) -> 
         pass
     finally:
         upstream.close()  # no-op when the body was read to the end and pooled
-
-
-def _events_from_message(message: dict) -> list[dict]:
-    """The event sequence of a whole Message (upstream answered JSON to a streaming request)."""
-    events: list[dict] = []
-    for i, block in enumerate(message["content"]):
-        kind = block["type"]
-        if kind == "text":
-            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
-            events.append({"type": "content_block_delta", "index": i,
-                           "delta": {"type": "text_delta", "text": block["text"]}})
-        elif kind == "thinking":
-            events.append({"type": "content_block_start", "index": i,
-                           "content_block": {"type": "thinking", "thinking": ""}})
-            events.append({"type": "content_block_delta", "index": i,
-                           "delta": {"type": "thinking_delta", "thinking": block["thinking"]}})
-            events.append({"type": "content_block_delta", "index": i,
-                           "delta": {"type": "signature_delta", "signature": block.get("signature", "")}})
-        elif kind == "tool_use":
-            events.append({"type": "content_block_start", "index": i,
-                           "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
-                                             "input": {}}})
-            if block["input"]:
-                events.append({"type": "content_block_delta", "index": i,
-                               "delta": {"type": "input_json_delta",
-                                         "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
-        events.append({"type": "content_block_stop", "index": i})
-    events.append({"type": "message_delta",
-                   "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
-                   "usage": message["usage"]})
-    events.append({"type": "message_stop"})
-    return events

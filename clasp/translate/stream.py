@@ -539,3 +539,36 @@ def _error_event(error: object) -> dict:
             return {"type": "error", "error": error}
         return {"type": "error", "error": {"type": "api_error", "message": str(error.get("message", "upstream error"))}}
     return error_event(error)  # type: ignore[arg-type]
+
+
+def events_from_message(message: dict) -> list[dict]:
+    """The content and closing events of a whole Message, after StreamTranslator.start()'s
+    message_start (for an upstream that answered JSON to a streaming request, PROTOCOL §3.4)."""
+    events: list[dict] = []
+    for i, block in enumerate(message["content"]):
+        kind = block["type"]
+        if kind == "text":
+            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "text_delta", "text": block["text"]}})
+        elif kind == "thinking":
+            events.append({"type": "content_block_start", "index": i,
+                           "content_block": {"type": "thinking", "thinking": ""}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "thinking_delta", "thinking": block["thinking"]}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "signature_delta", "signature": block.get("signature", "")}})
+        elif kind == "tool_use":
+            events.append({"type": "content_block_start", "index": i,
+                           "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
+                                             "input": {}}})
+            if block["input"]:
+                events.append({"type": "content_block_delta", "index": i,
+                               "delta": {"type": "input_json_delta",
+                                         "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+        events.append({"type": "content_block_stop", "index": i})
+    events.append({"type": "message_delta",
+                   "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
+                   "usage": message["usage"]})
+    events.append({"type": "message_stop"})
+    return events
