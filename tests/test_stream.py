@@ -676,3 +676,19 @@ def test_finish_reason_and_usage_visible_for_early_finalize() -> None:
     assert tr.finish_reason == "stop" and not tr.has_upstream_usage
     tr.feed(chunk(usage=usage(5, 1)))
     assert tr.has_upstream_usage
+
+
+def test_events_from_message_rebuild_the_message() -> None:
+    from clasp.translate.response import translate_response
+    from clasp.translate.stream import events_from_message
+    upstream = {"id": "chatcmpl-x", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "reasoning_content": "think", "content": "Reading.",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "Read", "arguments": '{"p": 1}'}}]}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
+    message = translate_response(upstream, make_ctx(show_thinking=True), make_caps())
+    tr = translator()
+    events = tr.start() + events_from_message(message)
+    check_grammar(events)
+    rebuilt = accumulate(events)
+    assert rebuilt["content"] == message["content"]
+    assert rebuilt["stop_reason"] == "tool_use"
