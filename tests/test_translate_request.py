@@ -875,3 +875,100 @@ def test_known_models_get_their_output_cap(model, cap):
                                   "messages": [{"role": "user", "content": "hi"}]}, model, caps)
     assert out[caps.token_field] == (cap or 128000)
     assert capabilities_for("openai", model, {"max_output_cap": 1000}).max_output_cap == 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# regressions found by the request-side audit
+# ---------------------------------------------------------------------------------------------
+
+def test_billing_line_dropped_but_prompt_after_it_kept():
+    header = "x-anthropic-billing-header: cc_version=2.1.330; cc_entrypoint=cli;"
+    # string system prompt (and inline system message) whose first line is the attribution line
+    out = msgs([{"role": "user", "content": "hi"}, {"role": "system", "content": header + "\n# Env"}],
+               system=header + "\nYou are helpful.")
+    assert out == [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "hi"},
+                   {"role": "system", "content": "# Env"}]
+    # a block carrying the header line plus prompt text keeps the prompt text
+    out = msgs([{"role": "user", "content": "hi"}], system=[{"type": "text", "text": header + "\n\nA"},
+                                                            {"type": "text", "text": "B"}])
+    assert out[0] == {"role": "system", "content": "A\n\nB"}
+    # the header alone still disappears entirely
+    assert msgs([{"role": "user", "content": "hi"}], system=header) == [{"role": "user", "content": "hi"}]
+
+
+def test_forced_tool_choice_of_dropped_server_tool_becomes_auto():
+    tools = [READ_TOOL, {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
+    out, _ = tr(tools=tools, tool_choice={"type": "tool", "name": "web_search"})
+    assert [t["function"]["name"] for t in out["tools"]] == ["Read"]
+    assert out["tool_choice"] == "auto"          # never a function the body does not define
+    out, _ = tr(tools=tools, tool_choice={"type": "tool", "name": "Read"})
+    assert out["tool_choice"] == {"type": "function", "function": {"name": "Read"}}
+
+
+def test_reasoning_roundtrip_tool_call_turn_without_thinking_gets_empty_reasoning_content():
+    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": [tool_use("t1")]},
+               {"role": "user", "content": [tool_result("t1")]}, {"role": "assistant", "content": "done"}]
+    out = msgs(history, Capabilities(reasoning_roundtrip=True))
+    assert out[1] == {"role": "assistant", "content": None, "reasoning_content": "", "tool_calls": [call("t1")]}
+    assert out[3] == {"role": "assistant", "content": "done"}     # only tool-calling turns need it
+    assert "reasoning_content" not in msgs(history)[1]            # other providers never see the field
+
+
+def test_tool_result_empty_text_parts_skipped():
+    out = msgs([{"role": "user", "content": "q"}, {"role": "assistant", "content": [tool_use("t1")]},
+                {"role": "user", "content": [tool_result("t1", [{"type": "text", "text": ""},
+                                                                {"type": "text", "text": "a"},
+                                                                {"type": "text", "text": " "}])]}])
+    assert out[2] == {"role": "tool", "tool_call_id": "t1", "content": "a"}
+
+
+def test_caps_o_series_never_sent_parallel_tool_calls():
+    for model in ("o1", "o3-mini", "o3", "o4-mini"):
+        caps = capabilities_for("openai", model)
+        assert caps.no_parallel_param, model
+        out, _ = tr(caps, tools=[READ_TOOL], tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+        assert "parallel_tool_calls" not in out
+    assert not capabilities_for("openai", "gpt-4o").no_parallel_param
+    assert not capabilities_for("openai", "gpt-5").no_parallel_param
+
+
+@pytest.mark.parametrize("model", ["gpt-5-chat-latest", "gpt-5.1-chat-latest", "openai/gpt-5-chat"])
+def test_caps_gpt5_chat_models_are_not_reasoning_and_capped(model):
+    caps = capabilities_for("openrouter" if "/" in model else "openai", model)
+    assert (caps.reasoning, caps.max_output_cap) == (False, 16384)
+    body = load_fixture("first_request.json")     # effort medium, max_tokens 128000
+    out, _ = translate_request(body, model, caps)
+    assert not set(REASONING_KEYS) & set(out) and out[caps.token_field] == 16384
+    assert capabilities_for("openai", "gpt-5-mini").reasoning is True
+
+
+@pytest.mark.parametrize("provider,model,flags", [
+    ("openai", "gpt-4o", {}), ("openai", "o3-mini", {}), ("openai", "gpt-5", {}), ("azure", "my-deployment", {}),
+    ("openrouter", "openai/gpt-4o", {}), ("openrouter", "deepseek/deepseek-r1", {}), ("custom", "llama3.1", {}),
+    ("custom", "deepseek-reasoner", {}), ("custom", "qwen3:8b", {"think_tags": True}),
+    ("custom", "m", {"single_system": True})])
+def test_fixture_replay_deterministic_and_pure(provider, model, flags):
+    caps = capabilities_for(provider, model, flags)
+    for name in ("first_request.json", "tool_result_request.json"):
+        body = load_fixture(name)
+        pristine = json.dumps(body)
+        first = json.dumps(translate_request(body, model, caps)[0])
+        again = json.dumps(translate_request(load_fixture(name), model, caps)[0])
+        assert first == again                       # byte-identical: upstream prefix caches hit
+        assert json.dumps(body) == pristine         # input never mutated
+        out, _ = translate_request(body, model, caps)
+        assert_valid_chat_body(out)
+        # the output shares no mutable object with the input
+        ids = set()
+        def collect(node):
+            if isinstance(node, (dict, list)):
+                ids.add(id(node))
+                for v in node.values() if isinstance(node, dict) else node:
+                    collect(v)
+        collect(body)
+        def check(node):
+            if isinstance(node, (dict, list)):
+                assert id(node) not in ids
+                for v in node.values() if isinstance(node, dict) else node:
+                    check(v)
+        check(out)

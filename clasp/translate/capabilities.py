@@ -114,11 +114,17 @@ def capabilities_for(provider: str, model: str, overrides: Mapping[str, object] 
 
     o_match = _O_SERIES.match(name)
     if o_match:
-        flags.update(no_sampling=True, reasoning=True)
+        # o1 / o3 / o3-mini / o4-mini: "Unsupported parameter: 'parallel_tool_calls' is not
+        # supported with this model", even when false.
+        flags.update(no_sampling=True, reasoning=True, no_parallel_param=True)
         if o_match.group(1) in ("3", "4"):
             flags["no_stop"] = True          # o3 / o4-mini reject `stop`
     elif name.startswith("gpt-5"):
         flags.update(no_sampling=True, no_stop=True, reasoning=True)
+        if "-chat" in name:
+            # gpt-5-chat-latest, gpt-5.1-chat-latest ...: the ChatGPT models are not reasoning
+            # models (400 on reasoning_effort) and write at most 16k tokens.
+            flags.update(reasoning=False, max_output_cap=16384)
     if (o_match or name.startswith("gpt-5")) and prov != "openrouter":
         # Wherever the model is hosted directly it rejects max_tokens; OpenRouter normalizes.
         flags["token_field"] = "max_completion_tokens"
@@ -140,7 +146,7 @@ def capabilities_for(provider: str, model: str, overrides: Mapping[str, object] 
     if prov == "gemini" or "gemini" in name:
         flags["gemini_schema"] = True
 
-    for prefix, cap in _OUTPUT_CAPS:
+    for prefix, cap in _OUTPUT_CAPS if "max_output_cap" not in flags else ():
         if name.startswith(prefix) or name == prefix.rstrip("-"):
             flags["max_output_cap"] = cap
             break

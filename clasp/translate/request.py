@@ -78,12 +78,21 @@ def _text_part(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
+def _strip_billing_line(text: str) -> str:
+    """`text` without a leading Claude Code attribution line (x-anthropic-billing-header: ...).
+
+    Claude Code sends it as a block of its own, but only that line goes: whatever follows it
+    in the same string is real prompt text (§1.4)."""
+    if not text.startswith(BILLING_HEADER_PREFIX):
+        return text
+    newline = text.find("\n")
+    return "" if newline < 0 else text[newline + 1:].lstrip("\n")
+
+
 def _system_text(content: Any, where: str, strip_billing: bool) -> str:
     """Text of a system prompt (string or text blocks joined by blank lines)."""
     if isinstance(content, str):
-        if strip_billing and content.startswith(BILLING_HEADER_PREFIX):
-            return ""
-        return content
+        return _strip_billing_line(content) if strip_billing else content
     if not isinstance(content, list):
         raise InvalidRequest(f"{where}: must be a string or a list of content blocks")
     texts = []
@@ -96,8 +105,8 @@ def _system_text(content: Any, where: str, strip_billing: bool) -> str:
         if not isinstance(text, str):
             raise InvalidRequest(f"{where}.{i}.text: must be a string")
         # Claude Code's per-conversation attribution line defeats upstream prefix caching.
-        if strip_billing and text.startswith(BILLING_HEADER_PREFIX):
-            continue
+        if strip_billing:
+            text = _strip_billing_line(text)
         if text:
             texts.append(text)
     return "\n\n".join(texts)
@@ -258,6 +267,10 @@ class _Builder:
             message["content"] = "" if caps.assistant_empty_string else None
         if reasoning:
             message["reasoning_content"] = "\n\n".join(reasoning)
+        elif calls and caps.reasoning_roundtrip:
+            # DeepSeek thinking mode 400s "Missing `reasoning_content` field" on a tool-calling
+            # turn without it (history from another model, or a reply that had no reasoning).
+            message["reasoning_content"] = ""
         if calls:
             message["tool_calls"] = calls
             self.pending = [call["id"] for call in calls]
@@ -342,7 +355,7 @@ class _Builder:
                     continue
                 stype = sub.get("type")
                 if stype == "text":
-                    if isinstance(sub.get("text"), str):
+                    if isinstance(sub.get("text"), str) and sub["text"].strip():
                         texts.append(sub["text"])
                 elif stype == "image":
                     part = _image_part(sub.get("source"))
@@ -427,7 +440,7 @@ def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dic
     return out
 
 
-def _tool_choice(body: dict, caps: Capabilities, name_map: dict[str, str]) -> tuple[Any, bool]:
+def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool]:
     """(upstream tool_choice or None, disable_parallel) for a body that has tools (§1.8)."""
     choice = body.get("tool_choice")
     if choice is None:
@@ -449,8 +462,10 @@ def _tool_choice(body: dict, caps: Capabilities, name_map: dict[str, str]) -> tu
         if caps.no_forced_tool_choice:
             return "auto", disable_parallel
         up_name = upstream_tool_name(name)
-        if up_name != name:
-            name_map[up_name] = name
+        if not any(t["function"]["name"] == up_name for t in tools):
+            # A server tool (web_search, ...) that was dropped: forcing a function the body
+            # does not define is a 400 upstream; let the model choose instead.
+            return "auto", disable_parallel
         return {"type": "function", "function": {"name": up_name}}, disable_parallel
     raise InvalidRequest(f"tool_choice.type: must be one of 'auto', 'any', 'tool', 'none', got {ctype!r}")
 
@@ -554,7 +569,7 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
     tools = _tools(body, caps, name_map)
     if tools:                        # vLLM rejects tools: []; tool_choice needs tools (§1.1)
         out["tools"] = tools
-        choice, disable_parallel = _tool_choice(body, caps, name_map)
+        choice, disable_parallel = _tool_choice(body, caps, tools)
         if choice is not None:
             out["tool_choice"] = choice
         if disable_parallel and not caps.no_parallel_param:
