@@ -35,6 +35,7 @@ from clasp.translate.errors import (InvalidRequest, ProxyError, error_event, err
                                     map_transport_error, map_upstream_error)
 from clasp.translate.request import RequestContext, translate_request
 from clasp.translate.response import translate_response
+from clasp.translate.schema import encoded_tools
 from clasp.translate.sse import SSEParser, encode_event, encode_events
 from clasp.translate.stream import StreamTranslator, events_from_message
 from clasp.translate.tokens import estimate_tokens
@@ -47,12 +48,38 @@ _SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-co
                 ("x-accel-buffering", "no")]
 _PING = encode_event({"type": "ping"})
 _DONE = "[DONE]"
+# Seconds of upstream silence after finish_reason (usage and [DONE] not yet seen) before the
+# stream is finalized anyway (PROTOCOL §3.3).
+_FINISH_GRACE_S = 5.0
 # Statuses meaning "the provider is unavailable" (queue and fallback act on these).
 _UNAVAILABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _payload_bytes(body: dict) -> bytes:
+    """_json_bytes(body) for an upstream request body, with the memoized JSON of its tools list
+    spliced in (the same bytes; the ~30 KB of Claude Code tools is not re-serialized per turn)."""
+    tools = body.get("tools")
+    encoded = encoded_tools(tools) if isinstance(tools, list) and tools else None
+    if encoded is None:
+        return _json_bytes(body)
+    before: dict = {}
+    after: dict = {}
+    part = before
+    for key, value in body.items():
+        if key == "tools":
+            part = after
+        else:
+            part[key] = value
+    parts = [b'"tools":' + encoded]
+    if before:
+        parts.insert(0, _json_bytes(before)[1:-1])
+    if after:
+        parts.append(_json_bytes(after)[1:-1])
+    return b"{" + b",".join(parts) + b"}"
 
 
 @dataclass
@@ -238,6 +265,10 @@ class App:
             if not resp.finished:  # the server also cancels once a finished client hangs up
                 ex.status = 499  # client closed the connection
             raise
+        except Exception:
+            if not resp.started:
+                ex.status = 500  # the server answers 500: never count it as a success
+            raise
         finally:
             self._record(req, ex)
 
@@ -267,7 +298,11 @@ class App:
         ex.requested_model = model
         ex.stream = body.get("stream") is True
         # route, then try the chain (queue / breaker / retry / fallback inside)
-        routes = self.router.resolve(model)
+        try:
+            routes = self.router.resolve(model)
+        except ConfigError as e:  # "provider,model" naming a provider without credentials
+            raise ProxyError(400, "invalid_request_error", f"model {model!r} is not available: {e}",
+                             {"x-should-retry": "false"}, False) from None
         # The parsed client body (~120 KB for a Claude Code request) is handed over in a box
         # that _obtain empties once every route is translated: with hundreds of concurrent
         # streams it must not be held while waiting for the upstream, or for a whole stream.
@@ -330,7 +365,7 @@ class App:
                 except InvalidRequest as e:
                     raise _invalid(str(e)) from None
                 ctx.requested_model = ex.requested_model
-                payload = _json_bytes(upstream_body)
+                payload = _payload_bytes(upstream_body)
                 cache_key = None
                 if self.cache is not None and not ctx.stream:
                     from clasp.ops.cache import cache_key as make_key, is_cacheable
@@ -392,6 +427,10 @@ class App:
         target = route.target
         ex.provider, ex.upstream_model = target.name, route.model  # attributes failures too (logs, metrics)
         breaker = self.breakers.get(target.name)
+        if breaker is None and self.cfg.circuit_breaker:
+            # targets made on demand ("provider,model" requests) get their breaker on first use
+            breaker = self.breakers[target.name] = CircuitBreaker(self.cfg.cb_threshold, self.cfg.cb_recovery,
+                                                                  self.cfg.cb_timeout)
         if breaker is not None and not breaker.allow():
             after = max(1, int(breaker.retry_after_s() + 0.999))
             raise ProxyError(503, "overloaded_error", f"{target.name}: circuit breaker is open after repeated "
@@ -509,7 +548,21 @@ class App:
         failed = False
         chunks = upstream.iter_chunks()
         try:
-            async for data in chunks:
+            while True:
+                try:
+                    if translator.finish_reason is None:
+                        data = await chunks.__anext__()
+                    else:
+                        # finish_reason seen, usage not yet: some servers then go silent without
+                        # [DONE] or EOF; finalize after a short silence (PROTOCOL §3.3)
+                        data = await asyncio.wait_for(chunks.__anext__(), _FINISH_GRACE_S)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    log.info("%s: no [DONE] or usage %gs after finish_reason; finishing the stream",
+                             ex.provider, _FINISH_GRACE_S)
+                    upstream.close()  # half-read: never pooled
+                    break
                 if debug:
                     debug.upstream_response(upstream.status, upstream.headers, data)
                 events = self._translate_payloads(parser.feed(data), translator, ex.provider)

@@ -144,6 +144,12 @@ class Router:
             for t in self.fallbacks:
                 self.targets[t.name] = t
         self.aliases = self._parse_aliases(cfg.model_aliases)
+        for provider, _ in self.aliases.values():
+            if provider:  # a missing key or URL stops clasp at start-up, not on the first request
+                try:
+                    self._target_for_provider(provider)
+                except ConfigError as e:
+                    raise ConfigError(f"CLASP_MODEL_ALIASES: {e}") from None
 
     def _fallback_chain(self, cfg: Config) -> list[Target]:
         if cfg.fallback_provider:
