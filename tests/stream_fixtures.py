@@ -296,6 +296,150 @@ FIXTURES: dict[str, Fixture] = {
         DONE,
     ), caps={"buffer_tool_args": True},
         ctx={"name_map": {"mcp__srv__very_long_na_1a2b": "mcp__srv__very_long_name_of_a_tool"}}),
+    # ---- provider shapes (PROTOCOL §3.2-3.4, §5)
+    # OpenRouter: ": OPENROUTER PROCESSING" keep-alives between events, `reasoning` and
+    # `reasoning_details` carrying the same text (shown once), an encrypted detail with no text,
+    # and the usage chunk (empty choices, extra cost fields) after the finish chunk.
+    "openrouter_reasoning": Fixture(sse(
+        ": OPENROUTER PROCESSING",
+        "",
+        ": OPENROUTER PROCESSING",
+        "",
+        chunk({"role": "assistant", "content": "", "reasoning": "Plan",
+               "reasoning_details": [{"type": "reasoning.text", "text": "Plan", "index": 0}]}),
+        chunk({"content": "", "reasoning": " it.",
+               "reasoning_details": [{"type": "reasoning.text", "text": " it.", "index": 0}]}),
+        chunk({"content": "", "reasoning": None,
+               "reasoning_details": [{"type": "reasoning.encrypted", "data": "gAAAA", "index": 1}]}),
+        ": OPENROUTER PROCESSING",
+        "",
+        text("Done."),
+        chunk({"content": ""}, finish="stop", native_finish_reason="STOP"),
+        chunk(usage={"prompt_tokens": 60, "completion_tokens": 9, "total_tokens": 69, "cost": 0.0001,
+                     "prompt_tokens_details": {"cached_tokens": 20}}),
+        DONE,
+    ), ctx={"show_thinking": True}),
+    # OpenRouter mid-stream error with a string code, after a complete tool call: the complete
+    # call's block is closed, then the error (no message_stop).
+    "openrouter_error_after_tool": Fixture(sse(
+        tools(tc(0, "call_1", "Read", '{"file_path":"a"}')),
+        {"id": ID, "object": "chat.completion.chunk", "provider": "Foo",
+         "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+         "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]},
+        DONE,
+    )),
+    # Ollama: an error mid-stream is a bare string.
+    "ollama_error_string": Fixture(sse(
+        text("par"),
+        {"error": "an error was encountered while running the model: unexpected EOF"},
+    )),
+    # Ollama thinking models: `reasoning` field, no usage at all (estimated), no index on calls.
+    "ollama_reasoning_no_usage": Fixture(sse(
+        chunk({"role": "assistant", "content": "", "reasoning": "Think."}),
+        chunk({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_o1", "function": {"name": "Read", "arguments": {"file_path": "a.py"}}}]}),
+        chunk({"role": "assistant", "content": ""}, finish="tool_calls"),
+        DONE,
+    ), ctx={"show_thinking": True}),
+    # Gemini OpenAI-compat: whole calls without `index`, two in one chunk, a third later, finish "stop".
+    "gemini_no_index": Fixture(sse(
+        chunk({"role": "assistant", "tool_calls": [
+            {"id": "function-call-1", "type": "function", "function": {"name": "Read", "arguments": '{"p":"a"}'}},
+            {"id": "function-call-2", "type": "function", "function": {"name": "Read", "arguments": '{"p":"b"}'}}]}),
+        chunk({"tool_calls": [
+            {"id": "function-call-3", "type": "function", "function": {"name": "Glob", "arguments": '{"p":"c"}'}}]},
+            finish="stop", usage=usage(80, 24)),
+        DONE,
+    )),
+    # vLLM: `reasoning` and `reasoning_content` both set to the same text (shown once),
+    # stop_reason an int token id (not a stop string), usage only in the final chunk.
+    "vllm_reasoning_both_fields": Fixture(sse(
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning": "hm", "reasoning_content": "hm"}),
+        text("4"),
+        chunk({"content": ""}, finish="stop", stop_reason=151645),
+        chunk(usage=usage(20, 5)),
+        DONE,
+    ), ctx={"show_thinking": True, "stop_sequences": ["END"]}),
+    # Moonshot/Kimi: usage inside the final choice instead of at the top level.
+    "usage_inside_choice": Fixture(sse(
+        text("hi"),
+        {"id": ID, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {}, "finish_reason": "stop",
+             "usage": {"prompt_tokens": 50, "completion_tokens": 2, "total_tokens": 52, "cached_tokens": 0}}]},
+        DONE,
+    )),
+    # LiteLLM-style gateway: the call id on every fragment, then a summary chunk repeating the
+    # call with double-encoded arguments (must not be appended to the complete JSON).
+    "id_every_chunk_and_summary": Fixture(sse(
+        tools(tc(0, "call_s", "Grep", '{"pat')),
+        tools(tc(0, "call_s", None, 'tern":"x"}')),
+        tools(tc(0, "call_s", "Grep", json.dumps('{"pattern":"x"}'))),
+        chunk({}, finish="tool_calls"),
+        DONE,
+    )),
+    # Groq-style: every call whole in its own chunk, all at index 0, told apart by id.
+    "index0_whole_calls_distinct_ids": Fixture(sse(
+        tools(tc(0, "call_g1", "Read", '{"file_path":"a"}')),
+        tools(tc(0, "call_g2", "Read", '{"file_path":"b"}')),
+        chunk({}, finish="tool_calls"),
+        chunk(usage=usage(70, 30)),
+        DONE,
+    )),
+    # Poolside-style: the id changes after the first fragment (the name does not come again).
+    "id_changes_after_first_fragment": Fixture(sse(
+        tools(tc(0, "call_first", "Bash", "")),
+        tools(tc(0, "call_other", None, '{"command":')),
+        tools(tc(0, "call_other", None, '"ls"}')),
+        chunk({}, finish="tool_calls"),
+        DONE,
+    )),
+    # llama.cpp: id/name in the first fragment, incremental argument diffs, usage and timings on
+    # the finish chunk.
+    "llamacpp_tool_stream": Fixture(sse(
+        chunk({"role": "assistant", "content": None}),
+        tools(tc(0, "sNa6Kq9Z0QvBwK4o", "Bash", "")),
+        tools(tc(0, args='{"command":"')),
+        tools(tc(0, args='make test"}')),
+        {"id": ID, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+         "usage": {"prompt_tokens": 900, "completion_tokens": 14, "total_tokens": 914},
+         "timings": {"prompt_n": 900, "predicted_n": 14}},
+        DONE,
+    )),
+    # LM Studio without a reasoning parser: <think> and </think> as their own chunks, the answer's
+    # "\n\n" separate; the answer has no leading whitespace (as in the non-streaming path).
+    "lmstudio_think_tags_own_chunks": Fixture(sse(
+        text("<think>"),
+        text("\nweigh options\n"),
+        text("</think>"),
+        text("\n\n"),
+        text("Answer."),
+        chunk({}, finish="stop"),
+        DONE,
+    ), ctx={"show_thinking": True}, caps={"think_tags": True}),
+    # Azure: filter-results chunk first, filter annotations on content chunks, a choice with no
+    # delta at all (content_filter_offsets), then finish "content_filter".
+    "azure_content_filter": Fixture(sse(
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+         "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False}}}]},
+        chunk({"content": "Part"}, content_filter_results={"hate": {"filtered": False}}),
+        {"id": ID, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "finish_reason": None,
+             "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": 4}}]},
+        chunk({}, finish="content_filter"),
+        chunk(usage=usage(25, 1)),
+        DONE,
+    )),
+    # DeepSeek: reasoning_content then content; cache hits as prompt_cache_hit_tokens.
+    "deepseek_reasoning_cache": Fixture(sse(
+        chunk({"role": "assistant", "content": None, "reasoning_content": "Check."}),
+        chunk({"content": "Yes.", "reasoning_content": None}),
+        chunk({"content": ""}, finish="stop"),
+        chunk(usage={"prompt_tokens": 1000, "completion_tokens": 8, "total_tokens": 1008,
+                     "prompt_cache_hit_tokens": 896, "prompt_cache_miss_tokens": 104,
+                     "completion_tokens_details": {"reasoning_tokens": 3}}),
+        DONE,
+    ), ctx={"show_thinking": True}),
     # Multi-line data field (joined with "\n" by the SSE parser) and event:/id: lines ignored.
     "multiline_data": Fixture(
         b"event: chunk\nid: 1\ndata: {\"id\":\"x\",\"choices\":[{\"index\":0,\ndata: \"delta\":{\"content\":\"split\"}}]}\n\n"

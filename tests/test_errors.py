@@ -243,6 +243,24 @@ def test_quota_429_not_retryable_even_with_retry_after():
         # numbers with thousands separators
         (400, openai_err("maximum context length is 131,072 tokens. However, your messages resulted in 140,000 tokens."),
          None, "prompt is too long: 140000 tokens > 131072 maximum"),
+        # OpenAI with tools: "resulted in" is the whole prompt; the messages figure is only part of it
+        (400, openai_err("This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens "
+                         "(125000 in the messages, 5000 in the functions). Please reduce the length of the messages or functions.",
+                         "invalid_request_error", "context_length_exceeded"),
+         32000, "prompt is too long: 130000 tokens > 128000 maximum"),
+        # vLLM (0.5-0.8) input-only wording: "requested N tokens in the messages" is the prompt, not prompt + max_tokens
+        (400, {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you requested "
+               "33000 tokens in the messages, Please reduce the length of the messages.", "type": "BadRequestError", "code": 400},
+         32000, "prompt is too long: 33000 tokens > 32768 maximum"),
+        # legacy OpenAI wording: "in your prompt; ... for the completion"
+        (400, openai_err("This model's maximum context length is 8192 tokens, however you requested 8500 tokens "
+                         "(7500 in your prompt; 1000 for the completion). Please reduce your prompt; or completion length."),
+         None,
+         "input length and `max_tokens` exceed context limit: 7500 + 1000 > 8192, decrease input length or `max_tokens` and try again"),
+        # a prompt that fills the whole window leaves no room to shrink max_tokens into: it is too long
+        (400, openai_err("This model's maximum context length is 4096 tokens. However, you requested 5096 tokens "
+                         "(4096 in the messages, 1000 in the completion)."),
+         1000, "prompt is too long: 4096 tokens > 4096 maximum"),
         # overflow code but no numbers: keep the phrase Claude Code keys compaction on, plus the upstream text
         (400, openai_err("Request too large for model", code="context_length_exceeded"),
          None, "prompt is too long: Request too large for model"),

@@ -242,6 +242,64 @@ EXPECTED: dict[str, list[dict]] = {
         start_tool(1, "call_1", "Read"), json_d(1, '{"file_path":"a.py"}'), stop(1),
         start_tool(2, "call_2", "mcp__srv__very_long_name_of_a_tool"), json_d(2, '{"q":1}'), stop(2),
     ] + tail("tool_use", 100, 10),
+    # ---- provider shapes
+    # reasoning and reasoning_details carry the same text: shown once; encrypted details add nothing.
+    "openrouter_reasoning": head() + [
+        start_thinking(0), think_d(0, "Plan"), think_d(0, " it."), sig_d(0), stop(0),
+        start_text(1), text_d(1, "Done."), stop(1),
+    ] + tail("end_turn", 40, 9, cached=20),
+    "openrouter_error_after_tool": head() + [
+        start_tool(0, "call_1", "Read"), json_d(0, '{"file_path":"a"}'), stop(0),
+        error("api_error", "upstream: Provider disconnected unexpectedly"),
+    ],
+    "ollama_error_string": head() + [
+        start_text(0), text_d(0, "par"), stop(0),
+        error("api_error", "upstream: an error was encountered while running the model: unexpected EOF"),
+    ],
+    # No usage: input from the estimate, output from 6 reasoning + 19 argument characters.
+    "ollama_reasoning_no_usage": head() + [
+        start_thinking(0), think_d(0, "Think."), sig_d(0), stop(0),
+        start_tool(1, "call_o1", "Read"), json_d(1, '{"file_path":"a.py"}'), stop(1),
+    ] + tail("tool_use", 100, 7),
+    "gemini_no_index": head() + [
+        start_tool(0, "function-call-1", "Read"), json_d(0, '{"p":"a"}'), stop(0),
+        start_tool(1, "function-call-2", "Read"), json_d(1, '{"p":"b"}'), stop(1),
+        start_tool(2, "function-call-3", "Glob"), json_d(2, '{"p":"c"}'), stop(2),
+    ] + tail("tool_use", 80, 24),
+    # An int stop_reason is a token id, not a stop string: end_turn.
+    "vllm_reasoning_both_fields": head() + [
+        start_thinking(0), think_d(0, "hm"), sig_d(0), stop(0),
+        start_text(1), text_d(1, "4"), stop(1),
+    ] + tail("end_turn", 20, 5),
+    "usage_inside_choice": head() + [
+        start_text(0), text_d(0, "hi"), stop(0),
+    ] + tail("end_turn", 50, 2),
+    # The double-encoded summary repeat is not appended: the client gets {"pattern":"x"}.
+    "id_every_chunk_and_summary": head() + [
+        start_tool(0, "call_s", "Grep"), json_d(0, '{"pat'), json_d(0, 'tern":"x"}'), stop(0),
+    ] + tail("tool_use", 100, 4),
+    "index0_whole_calls_distinct_ids": head() + [
+        start_tool(0, "call_g1", "Read"), json_d(0, '{"file_path":"a"}'), stop(0),
+        start_tool(1, "call_g2", "Read"), json_d(1, '{"file_path":"b"}'), stop(1),
+    ] + tail("tool_use", 70, 30),
+    "id_changes_after_first_fragment": head() + [
+        start_tool(0, "call_first", "Bash"), json_d(0, '{"command":'), json_d(0, '"ls"}'), stop(0),
+    ] + tail("tool_use", 100, 4),
+    "llamacpp_tool_stream": head() + [
+        start_tool(0, "sNa6Kq9Z0QvBwK4o", "Bash"), json_d(0, '{"command":"'), json_d(0, 'make test"}'), stop(0),
+    ] + tail("tool_use", 900, 14),
+    "lmstudio_think_tags_own_chunks": head() + [
+        start_thinking(0), think_d(0, "\nweigh options\n"), sig_d(0), stop(0),
+        start_text(1), text_d(1, "Answer."), stop(1),
+    ] + tail("end_turn", 100, 10),
+    # content_filter -> end_turn, the text so far kept.
+    "azure_content_filter": head() + [
+        start_text(0), text_d(0, "Part"), stop(0),
+    ] + tail("end_turn", 25, 1),
+    "deepseek_reasoning_cache": head() + [
+        start_thinking(0), think_d(0, "Check."), sig_d(0), stop(0),
+        start_text(1), text_d(1, "Yes."), stop(1),
+    ] + tail("end_turn", 104, 8, cached=896),
     "multiline_data": head() + [
         start_text(0), text_d(0, "split"), stop(0),
     ] + tail("end_turn", 100, 2),
@@ -645,6 +703,22 @@ NON_STREAMING = {
         "tool_calls": [{"id": "call_7", "type": "function",
                         "function": {"name": "Read", "arguments": '{"file_path":"b.py"}'}}]}}],
         "usage": usage(40, 30)},
+    "openrouter_reasoning": {"id": ID, "object": "chat.completion", "model": "gpt-4.1", "choices": [{
+        "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Done.",
+        "reasoning": "Plan it.", "reasoning_details": [{"type": "reasoning.text", "text": "Plan it."},
+                                                       {"type": "reasoning.encrypted", "data": "gAAAA"}]}}],
+        "usage": {"prompt_tokens": 60, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 20}}},
+    "gemini_no_index": {"id": ID, "object": "chat.completion", "model": "gpt-4.1", "choices": [{
+        "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "tool_calls": [
+            {"id": "function-call-1", "type": "function", "function": {"name": "Read", "arguments": '{"p":"a"}'}},
+            {"id": "function-call-2", "type": "function", "function": {"name": "Read", "arguments": '{"p":"b"}'}},
+            {"id": "function-call-3", "type": "function", "function": {"name": "Glob", "arguments": '{"p":"c"}'}}]}}],
+        "usage": usage(80, 24)},
+    "deepseek_reasoning_cache": {"id": ID, "object": "chat.completion", "model": "gpt-4.1", "choices": [{
+        "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Yes.",
+        "reasoning_content": "Check."}}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 8, "prompt_cache_hit_tokens": 896,
+                  "prompt_cache_miss_tokens": 104}},
 }
 
 
@@ -692,3 +766,35 @@ def test_events_from_message_rebuild_the_message() -> None:
     rebuilt = accumulate(events)
     assert rebuilt["content"] == message["content"]
     assert rebuilt["stop_reason"] == "tool_use"
+
+
+def test_streamed_call_without_a_name_is_dropped_like_the_non_streaming_path() -> None:
+    # A nameless tool_use is useless to the client ("No such tool"); non-streaming drops it too.
+    tr = translator()
+    events = feed_all(tr, [tools(tc(0, "call_1", None, '{"a":1}')),
+                           tools(tc(1, "call_2", "Read", '{"file_path":"x"}')),
+                           chunk({}, finish="tool_calls")]) + tr.finish()
+    check_grammar(events)
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("call_2", "Read")]
+    assert accumulate(events)["content"][0]["input"] == {"file_path": "x"}
+
+
+def test_second_json_object_on_a_complete_call_is_not_appended() -> None:
+    # A nameless, id-less whole call reusing index 0 (or a repeated summary) after complete
+    # arguments: appending it would give the client '{"a":1}{"b":2}', which is not JSON.
+    tr = translator()
+    events = feed_all(tr, [tools(tc(0, "call_1", "A", '{"a":1}')),
+                           tools(tc(0, None, None, ' {"b":2}')),
+                           chunk({}, finish="tool_calls")]) + tr.finish()
+    check_grammar(events)
+    assert accumulate(events)["content"] == [{"type": "tool_use", "id": "call_1", "name": "A", "input": {"a": 1}}]
+
+
+def test_braces_inside_string_arguments_still_stream() -> None:
+    # The guard above must not eat ordinary pieces that follow a "}" inside a string value.
+    tr = translator()
+    events = feed_all(tr, [tools(tc(0, "call_1", "Write", '{"content":"int f() {}')),
+                           tools(tc(0, args='"}')),
+                           chunk({}, finish="tool_calls")]) + tr.finish()
+    assert accumulate(events)["content"][0]["input"] == {"content": "int f() {}"}

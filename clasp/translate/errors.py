@@ -193,11 +193,12 @@ _RX_CTX_LEN = re.compile(r"context (?:length|size|window)(?: is| of)?(?: only)?\
 _RX_REQ_SPLIT = re.compile(
     r"(?:requested|request has|request contains)\s*(?:about\s*)?" + _N + r"\s*tokens?\s*\((.*?)\)", re.I | re.S
 )
-_RX_MSGS = re.compile(r"messages resulted in\s*" + _N + r"\s*tokens?", re.I)
+_RX_MSGS = re.compile(r"(?:messages|input) resulted in\s*" + _N + r"\s*tokens?", re.I)  # the whole prompt (messages + functions)
+_RX_REQ_MSGS = re.compile(r"requested\s*" + _N + r"\s*tokens? in the (?:messages|prompt)", re.I)  # vLLM: input only
 _RX_REQ_TOTAL = re.compile(r"requested\s*(?:about\s*)?" + _N + r"\s*tokens?", re.I)
 _RX_INPUT = re.compile(_N + r"\s*(?:input tokens|tokens? of (?:text )?input|in the messages|`?inputs`? tokens)", re.I)
-_RX_INPUT_PART = re.compile(_N + r"\s*(?:tokens? )?(?:of [a-z ]*input|in the (?:messages|prompt|functions|tools))", re.I)
-_RX_OUTPUT_PART = re.compile(_N + r"\s*(?:tokens? )?in the (?:completion|output)", re.I)
+_RX_INPUT_PART = re.compile(_N + r"\s*(?:tokens? )?(?:of [a-z ]*input|in (?:the|your) (?:messages|prompt|functions|tools))", re.I)
+_RX_OUTPUT_PART = re.compile(_N + r"\s*(?:tokens? )?(?:in|for) the (?:completion|output)", re.I)
 _RX_MAXTOK_TOO_LARGE = re.compile(r"max_(?:completion_)?tokens'?\s*(?:or '?max_completion_tokens'?\s*)?is too large:?\s*" + _N, re.I)
 _RX_KEEP = re.compile(r"keep the first " + _N + r" tokens", re.I)  # LM Studio
 _RX_REQUEST_PAREN = re.compile(r"request \(" + _N + r" tokens\) exceeds the available context size \(" + _N, re.I)  # llama.cpp
@@ -259,7 +260,10 @@ def _overflow_numbers(message: str, extra: dict, max_tokens: int | None) -> tupl
         if inp is None and out is not None:
             inp = _num(m.group(1)) - out
     if inp is None:
-        m = _RX_INPUT.search(message) or _RX_MSGS.search(message) or _RX_KEEP.search(message)
+        # "your messages resulted in N tokens (X in the messages, Y in the functions)": N is the
+        # whole prompt, X only a part of it; so the total wins over the parts here.
+        m = (_RX_MSGS.search(message) or _RX_REQ_MSGS.search(message) or _RX_INPUT.search(message)
+             or _RX_KEEP.search(message))
         if m:
             inp = _num(m.group(1))
     if out is None:
@@ -288,8 +292,9 @@ def _overflow_message(parsed: _Parsed, max_tokens: int | None) -> str | None:
     inp, out, limit = _overflow_numbers(parsed.message, parsed.extra, max_tokens)
     if inp is not None and limit is not None:
         k = max_tokens if max_tokens else out
-        if inp <= limit and k:
+        if inp < limit and k:
             # The prompt fits; the requested output does not. Claude Code shrinks max_tokens.
+            # (A prompt that fills the whole window leaves no room for any output: too long.)
             return (
                 f"input length and `max_tokens` exceed context limit: {inp} + {k} > {limit}, "
                 "decrease input length or `max_tokens` and try again"

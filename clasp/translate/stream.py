@@ -12,6 +12,7 @@ after done.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from .common import (
@@ -26,6 +27,8 @@ from .common import (
 from .errors import ProxyError, error_event, map_upstream_error
 
 __all__ = ["StreamTranslator"]
+
+log = logging.getLogger("clasp.translate")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -102,6 +105,7 @@ class StreamTranslator:
         self._tool_blocks = 0
         self._think_state = 0 if self._think_tags else 2   # 0 undecided, 1 inside <think>, 2 plain
         self._think_buf = ""
+        self._strip_lead = False                # text right after </think>: drop leading whitespace
 
         self._finish_reason: str | None = None
         self._matched_stop: object = None
@@ -220,6 +224,10 @@ class StreamTranslator:
         fr = choice.get("finish_reason")
         if fr:
             self._finish_reason = fr
+            if not usage:
+                usage = choice.get("usage")         # Moonshot/Kimi: usage inside the final choice
+                if usage and isinstance(usage, dict):
+                    self._raw_usage = usage
             matched = choice.get("stop_reason")     # vLLM names the matched stop string
             if matched is not None:
                 self._matched_stop = matched
@@ -247,8 +255,12 @@ class StreamTranslator:
                 return out
         self._close_open(out)
         for tool in self._queued:
-            if not tool.name and not tool.size:
-                continue  # an empty fragment that never became a call
+            if not tool.name:
+                # An empty fragment that never became a call, or arguments without a name: a
+                # nameless tool_use is useless to the client (the non-streaming path drops it too).
+                if tool.size:
+                    log.warning("%s: dropping a streamed tool call without a function name", self.provider)
+                continue
             tool.queued = False
             self._start_tool(tool, out)
             repaired = parse_tool_arguments(tool.args())
@@ -339,6 +351,11 @@ class StreamTranslator:
 
     def _text(self, t: str, out: list[dict]) -> None:
         """Text while no text block is open (the open-text case is inlined in feed())."""
+        if self._strip_lead:
+            t = t.lstrip()                       # the "\n\n" after </think> (as the non-streaming path)
+            if not t:
+                return
+            self._strip_lead = False
         if self._pending_text:
             self._pending_text.append(t)         # keep order behind text already waiting
             return
@@ -380,7 +397,10 @@ class StreamTranslator:
             self._think_buf = ""
             if end and self._show_thinking:
                 self._thinking(buf[:end], out)
-            return buf[end + len(_THINK_CLOSE):].lstrip()
+            rest = buf[end + len(_THINK_CLOSE):].lstrip()
+            if not rest:
+                self._strip_lead = True          # the answer's leading whitespace may come next
+            return rest
         keep = 0
         tail = buf[-(len(_THINK_CLOSE) - 1):]
         if "<" in tail:                          # hold back a possibly split "</think>"
@@ -478,6 +498,14 @@ class StreamTranslator:
             if piece:
                 if tool.placed and tool is not self._open_tool:
                     continue  # its block is already closed with complete JSON: nothing can follow
+                if (tool.size and piece.lstrip()[:1] in ("{", '"')
+                        and tool.parts[-1].rstrip()[-1:] == "}" and tool.is_complete()):
+                    # A second JSON value after complete arguments (a gateway's summary chunk
+                    # repeating the call, double-encoded; a nameless call reusing the index):
+                    # appending it would hand the client broken JSON.
+                    log.warning("%s: ignoring extra arguments after a complete tool call", self.provider)
+                    self._place(tool, "", out)
+                    continue
                 tool.parts.append(piece)
                 tool.size += len(piece)
                 tool.complete = None
