@@ -123,8 +123,10 @@ def pinned(cmd: list[str], core: str | None) -> list[str]:
 class Proc:
     def __init__(self, cmd: list[str], env: dict | None = None) -> None:
         self.started = time.perf_counter()
+        # cwd=ROOT: `python -m clasp` puts the working directory first on sys.path, so run from
+        # elsewhere it could benchmark another checkout's clasp instead of this one
         self.p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  start_new_session=True)
+                                  start_new_session=True, cwd=ROOT)
         self.pid = self.p.pid  # taskset execs the program: same pid
 
     def stop(self) -> None:

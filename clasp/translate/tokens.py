@@ -15,6 +15,8 @@ import math
 import struct
 from typing import Any
 
+from clasp.translate.schema import content_key
+
 __all__ = ["estimate_tokens", "image_tokens"]
 
 _PER_MESSAGE = 4
@@ -134,5 +136,34 @@ def estimate_tokens(body: dict) -> int:
             if isinstance(tool, dict):
                 c.text(tool.get("name"))
                 c.text(tool.get("description"))
-                c.json(tool.get("input_schema"))
+                _schema(c, tool.get("input_schema"))
     return c.total()
+
+
+# Character counts of tool input schemas by content: Claude Code sends the same ~30 KB of
+# schemas on every turn, and serializing them is most of an estimate's cost.
+_SCHEMA_COUNTS: dict[bytes | str, tuple[int, int]] = {}
+_SCHEMA_COUNTS_MAX = 512
+_MEMO_MAX_KEY = 64 * 1024
+
+
+def _schema(c: _Counter, schema: Any) -> None:
+    """c.json(schema), memoized by content (schema.content_key)."""
+    if schema is None:
+        return
+    try:
+        key = content_key(schema)
+    except (TypeError, ValueError):  # circular: c.json counts nothing rather than fail
+        c.json(schema)
+        return
+    counts = _SCHEMA_COUNTS.get(key)
+    if counts is None:
+        sub = _Counter()
+        sub.json(schema)
+        counts = (sub.ascii, sub.other)
+        if len(key) <= _MEMO_MAX_KEY:
+            if len(_SCHEMA_COUNTS) >= _SCHEMA_COUNTS_MAX:
+                _SCHEMA_COUNTS.clear()
+            _SCHEMA_COUNTS[key] = counts
+    c.ascii += counts[0]
+    c.other += counts[1]
