@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import FakeUpstream, LoopThread
+from harness import FakeUpstream, LoopThread, Proxy
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +19,12 @@ def upstream(lt):
     up = FakeUpstream(lt)
     yield up
     up.close()
+
+
+@pytest.fixture
+def proxies():
+    """Proxies a test starts (append to the list); all are stopped afterwards."""
+    started: list[Proxy] = []
+    yield started
+    for p in started:
+        p.stop()

@@ -38,14 +38,6 @@ BEARER_HDR = {"authorization": f"Bearer {PROXY_KEY}"}
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture
-def proxies():
-    started: list[Proxy] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def start(proxies: list, lt, upstream, *argv, **env) -> Proxy:
     p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", *argv],
               {"CUSTOM_BASE_URL": upstream.url, **env})

@@ -32,14 +32,6 @@ def pool():
         yield ex
 
 
-@pytest.fixture
-def proxies():
-    started: list[Proxy] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def start(proxies: list, lt, upstream, *argv, **env) -> Proxy:
     p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", *FAST, *argv],
               {"CUSTOM_BASE_URL": upstream.url, **env})
