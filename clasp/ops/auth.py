@@ -50,8 +50,8 @@ class AuthPolicy:
         self.enabled = bool(enabled)
         self.allow_anonymous_health = bool(allow_anonymous_health)
         self.allow_anonymous_metrics = bool(allow_anonymous_metrics)
-        # Kept as bytes for hmac.compare_digest; never exposed by repr/str.
-        self._key = api_key.encode("utf-8") if api_key else b""
+        # Only a digest is kept (for the constant-time comparison); never exposed by repr/str.
+        self._key = _digest(api_key.encode("utf-8")) if api_key else b""
         self._identity = fingerprint(api_key) if api_key else ANONYMOUS
 
     def __repr__(self) -> str:
@@ -110,5 +110,20 @@ class AuthPolicy:
         return self._identity if ok else None
 
     def _matches(self, candidate: str) -> bool:
-        # compare_digest on bytes: constant time with respect to the content of the configured key.
-        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._key)
+        # compare_digest of two equal-length digests: the time taken reveals neither the content nor
+        # the length of the configured key (compare_digest on the raw strings returns early when
+        # the lengths differ). The server decodes header bytes as latin-1, so encoding back to
+        # latin-1 gives the bytes the client sent (a UTF-8 key arrives as its UTF-8 bytes); a
+        # caller passing the already-decoded key is matched through its UTF-8 form.
+        ok = hmac.compare_digest(_digest(candidate.encode("utf-8", "surrogatepass")), self._key)
+        if not candidate.isascii():
+            try:
+                wire = candidate.encode("latin-1")
+            except UnicodeEncodeError:
+                return ok
+            ok = hmac.compare_digest(_digest(wire), self._key) or ok
+        return ok
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

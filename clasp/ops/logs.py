@@ -38,11 +38,13 @@ _HEADER_SECRET_RE = re.compile(
 _BEARER_RE = re.compile(r"\b(Bearer)[ \t]+[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
 # OpenAI (sk-..., sk-proj-...), OpenRouter (sk-or-v1-...), Anthropic (sk-ant-...) style keys.
 _SK_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
-# Keys in URLs: ?key=... (Gemini), api-key=..., and user:password@ credentials.
+# Keys in URLs: ?key=... (Gemini), api-key=..., sig=... (Azure SAS), and userinfo credentials
+# (user:password@, or a bare token@ as in https://TOKEN@host).
 _QUERY_SECRET_RE = re.compile(
-    r"([?&](?:key|api[-_]?key|apikey|access_token|token|auth|password)=)[^&#\s\"']+", re.IGNORECASE
+    r"([?&](?:key|api[-_]?key|apikey|x-api-key|access_token|id_token|token|auth|password|passwd|secret|"
+    r"client_secret|sig|signature|code)=)[^&#\s\"']+", re.IGNORECASE
 )
-_URL_CREDS_RE = re.compile(r"(://)[^/\s:@\"']+:[^/\s@\"']+@")
+_URL_CREDS_RE = re.compile(r"(://)[^/\s@\"'<>?#]+@")
 
 
 def _secret_variants(secrets: Iterable[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -19,11 +20,17 @@ from typing import Awaitable, Callable
 log = logging.getLogger("clasp.server")
 
 MAX_HEAD_BYTES = 64 * 1024
+_LINGER_S = 2.0                 # after an error response: at most this long ...
+_LINGER_BYTES = 64 * 1024 * 1024  # ... and this many discarded request bytes before closing
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus}
 _STATUS_LINES[529] = b"HTTP/1.1 529 Site Overloaded\r\n"
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_CTL_RE = re.compile(r"[\x00-\x20\x7f]")            # not in a request target
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB: not in a field value
 
 
 @dataclass
@@ -55,11 +62,12 @@ class Responder:
     """Writes the response of one request: whole (send) or streamed with chunked encoding."""
 
     __slots__ = ("_writer", "_head_only", "keep_alive", "started", "finished", "closed", "status", "_chunked",
-                 "_http11")
+                 "_http11", "_write_timeout")
 
     def __init__(self, writer: asyncio.StreamWriter, head_only: bool, keep_alive: bool,
-                 http11: bool = True) -> None:
+                 http11: bool = True, write_timeout: float | None = None) -> None:
         self._writer = writer
+        self._write_timeout = write_timeout
         self._http11 = http11
         self._head_only = head_only
         self.keep_alive = keep_alive
@@ -111,12 +119,27 @@ class Responder:
         self._writer.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
     async def drain(self) -> None:
+        """Wait until the client has taken what was written (bounded by the write timeout)."""
         if self.closed:
             return
+        timer = None
+        if self._write_timeout is not None:
+            timer = asyncio.get_running_loop().call_later(self._write_timeout, self._stalled)
         try:
             await self._writer.drain()
         except (ConnectionError, RuntimeError):
             self.closed = True
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _stalled(self) -> None:
+        # The client stopped reading: drop the connection rather than buffer without bound or pin
+        # the handler (and its upstream request) forever. The server's disconnect watcher then
+        # cancels the handler.
+        self.closed = True
+        self.keep_alive = False
+        self._writer.transport.abort()
 
     async def end(self) -> None:
         """Finish a streamed response."""
@@ -140,8 +163,9 @@ Handler = Callable[[Request, Responder], Awaitable[None]]
 @dataclass
 class ServerLimits:
     max_body_bytes: int = 32 * 1024 * 1024
-    header_timeout_s: float = 30.0
-    idle_timeout_s: float = 75.0
+    header_timeout_s: float = 30.0   # the whole request head; also the whole request body
+    idle_timeout_s: float = 75.0     # keep-alive: until the first byte of the next request
+    write_timeout_s: float = 120.0   # one drain(): a client that stops reading is disconnected
 
 
 class HTTPServer:
@@ -213,7 +237,7 @@ class HTTPServer:
             try:
                 head = await self._read_head(reader, carry, first)
             except HTTPError as e:
-                await self._reject(writer, e)
+                await self._reject(reader, writer, e)
                 return
             if head is None:
                 return
@@ -222,31 +246,45 @@ class HTTPServer:
             self._connections[task] = True
             try:
                 request, keep_alive, expect_continue = self._parse_head(head, client)
-                if expect_continue:
+                # Framing is validated before "100 Continue": a body that would be refused
+                # (too large, ambiguous framing) is refused before the client sends it.
+                length = self._framing(request.headers, request.http_version)
+                if expect_continue and length != 0 and request.http_version == "HTTP/1.1":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                request.body = await self._read_body(reader, request.headers)
+                request.body = await self._read_body(reader, length)
             except HTTPError as e:
-                await self._reject(writer, e)
+                await self._reject(reader, writer, e)
                 return
             if self._stopping:
                 keep_alive = False
-            responder = Responder(writer, request.method == "HEAD", keep_alive, request.http_version == "HTTP/1.1")
+            responder = Responder(writer, request.method == "HEAD", keep_alive, request.http_version == "HTTP/1.1",
+                                  self.limits.write_timeout_s)
             carry = await self._run_handler(request, responder, reader)
             if carry is None or not responder.keep_alive or responder.closed:
                 return
 
     async def _read_head(self, reader: asyncio.StreamReader, carry: bytes, first: bool) -> bytes | None:
-        timeout = self.limits.header_timeout_s if first else self.limits.idle_timeout_s
+        if not first:
+            # Keep-alive: the idle timeout runs until the next request begins (a few stray CRLFs
+            # after a body, RFC 9112 2.2, do not begin one) ...
+            for _ in range(8):
+                if carry and carry not in (b"\r", b"\n"):
+                    break
+                try:
+                    carry = await asyncio.wait_for(reader.read(1), self.limits.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    return None
+                if not carry:
+                    return None
+        # ... and then, as for a new connection, one timeout covers the whole head (however it trickles in).
         try:
-            head = await asyncio.wait_for(reader.readuntil(_HEAD_END), timeout)
+            head = await asyncio.wait_for(reader.readuntil(_HEAD_END), self.limits.header_timeout_s)
         except asyncio.TimeoutError:
-            if first and not carry:
-                raise HTTPError(408, "timeout_error", "timed out reading the request headers")
-            return None
+            raise HTTPError(408, "timeout_error", "timed out reading the request headers")
         except asyncio.LimitOverrunError:
             raise HTTPError(431, "invalid_request_error", "request headers exceed 64 KiB")
         except asyncio.IncompleteReadError as e:
-            if e.partial.strip() or carry:
+            if (carry + e.partial).strip():
                 raise HTTPError(400, "invalid_request_error", "incomplete request head")
             return None
         head = carry + head
@@ -254,10 +292,7 @@ class HTTPServer:
         return head.lstrip(b"\r\n")
 
     def _parse_head(self, head: bytes, client: str) -> tuple[Request, bool, bool]:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-            raise HTTPError(400, "invalid_request_error", "malformed request head")
+        text = head.decode("latin-1")  # latin-1 decodes every byte
         lines = text.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
@@ -266,6 +301,8 @@ class HTTPServer:
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             raise HTTPError(505 if version.startswith("HTTP/") else 400, "invalid_request_error",
                             f"unsupported protocol version {version[:16]!r}")
+        if not target or _CTL_RE.search(target):
+            raise HTTPError(400, "invalid_request_error", "malformed request target")
         if not target.startswith("/"):
             if target.startswith(("http://", "https://")):
                 # absolute-form: keep only the path
@@ -281,7 +318,10 @@ class HTTPServer:
             if not line:
                 continue
             name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t" or line[0] in " \t":
+            # RFC 9112 5: the name is a token (no whitespace before the colon, no obs-fold);
+            # RFC 9110 5.5: CR, LF and NUL in a value are rejected (a bare LF would otherwise
+            # hide a header from this parser that another one sees: request smuggling).
+            if not sep or not name or not set(name) <= _TOKEN_CHARS or _BAD_VALUE_RE.search(value):
                 raise HTTPError(400, "invalid_request_error", "malformed header line")
             name = name.lower()
             value = value.strip(" \t")
@@ -301,31 +341,44 @@ class HTTPServer:
         expect_continue = headers.get("expect", "").lower() == "100-continue"
         return Request(method, path, query, headers, b"", client, version), keep_alive, expect_continue
 
-    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    def _framing(self, headers: dict[str, str], version: str) -> int:
+        """Body length from the headers: bytes, or -1 for chunked. Rejects ambiguous framing."""
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
-        if te is not None and cl is not None:
-            raise HTTPError(400, "invalid_request_error",
-                            "request has both Content-Length and Transfer-Encoding")
-        limit = self.limits.max_body_bytes
         if te is not None:
-            if te.strip().lower() != "chunked":
+            if cl is not None:
+                raise HTTPError(400, "invalid_request_error",
+                                "request has both Content-Length and Transfer-Encoding")
+            if version != "HTTP/1.1":  # RFC 9112 6.1: framing of such a message is faulty
+                raise HTTPError(400, "invalid_request_error", "Transfer-Encoding in an HTTP/1.0 request")
+            if te.lower() != "chunked":
                 raise HTTPError(400, "invalid_request_error", f"unsupported transfer-encoding {te[:32]!r}")
-            return await self._read_chunked(reader, limit)
+            return -1
         if cl is None:
-            return b""
-        if not cl.isdigit():
+            return 0
+        # ASCII digits only (str.isdigit also accepts e.g. "²", which int() then rejects), and
+        # a length check before int(), whose digit limit would raise on a few thousand digits.
+        if not cl or not set(cl) <= _DIGITS:
             raise HTTPError(400, "invalid_request_error", "invalid Content-Length")
-        length = int(cl)
-        if length > limit:
-            raise HTTPError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+        digits = cl.lstrip("0") or "0"
+        length = int(digits) if len(digits) <= 18 else -1
+        if length < 0 or length > self.limits.max_body_bytes:
+            raise HTTPError(413, "request_too_large",
+                            f"request body exceeds the {self.limits.max_body_bytes} byte limit")
+        return length
+
+    async def _read_body(self, reader: asyncio.StreamReader, length: int) -> bytes:
         if length == 0:
             return b""
-        return await self._timed(reader.readexactly(length))
+        # One deadline for the whole body (like the head): trickling bytes cannot extend it.
+        deadline = asyncio.get_running_loop().time() + self.limits.header_timeout_s
+        if length > 0:
+            return await self._timed(reader.readexactly(length), deadline)
+        return await self._read_chunked(reader, self.limits.max_body_bytes, deadline)
 
-    async def _timed(self, coro: Awaitable[bytes]) -> bytes:
+    async def _timed(self, coro: Awaitable[bytes], deadline: float) -> bytes:
         try:
-            return await asyncio.wait_for(coro, self.limits.header_timeout_s)
+            return await asyncio.wait_for(coro, max(0.0, deadline - asyncio.get_running_loop().time()))
         except asyncio.TimeoutError:
             raise HTTPError(408, "timeout_error", "timed out reading the request body")
         except asyncio.IncompleteReadError:
@@ -333,30 +386,31 @@ class HTTPServer:
         except asyncio.LimitOverrunError:
             raise HTTPError(400, "invalid_request_error", "malformed chunked body")
 
-    async def _read_chunked(self, reader: asyncio.StreamReader, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
+    async def _read_chunked(self, reader: asyncio.StreamReader, limit: int, deadline: float) -> bytes:
+        body = bytearray()  # not a list of parts: a million 1-byte chunks must not cost ~50 MB
         while True:
-            line = await self._timed(reader.readuntil(_CRLF))
-            size_text = line[:-2].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
+            line = await self._timed(reader.readuntil(_CRLF), deadline)
+            size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
+            # Strictly hex digits: int(x, 16) would also take "0x1f", "+1f", "1_f" and " 1f",
+            # which another HTTP parser in front of the proxy may read differently.
+            if not size_text or not _HEX.issuperset(size_text):
                 raise HTTPError(400, "invalid_request_error", "malformed chunk size")
-            if size < 0:
-                raise HTTPError(400, "invalid_request_error", "malformed chunk size")
+            size = int(size_text, 16)
             if size == 0:
-                while True:  # trailers, up to the empty line
-                    trailer = await self._timed(reader.readuntil(_CRLF))
+                trailers = 0
+                while True:  # trailers (discarded), up to the empty line; bounded like the head
+                    trailer = await self._timed(reader.readuntil(_CRLF), deadline)
                     if trailer == _CRLF:
-                        return b"".join(parts)
-            total += size
-            if total > limit:
+                        return bytes(body)
+                    trailers += len(trailer)
+                    if trailers > MAX_HEAD_BYTES:
+                        raise HTTPError(431, "invalid_request_error", "request trailers exceed 64 KiB")
+            if len(body) + size > limit:
                 raise HTTPError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-            data = await self._timed(reader.readexactly(size + 2))
+            data = await self._timed(reader.readexactly(size + 2), deadline)
             if data[-2:] != _CRLF:
                 raise HTTPError(400, "invalid_request_error", "malformed chunk")
-            parts.append(data[:-2])
+            body += memoryview(data)[:-2]
 
     async def _run_handler(self, request: Request, responder: Responder,
                            reader: asyncio.StreamReader) -> bytes | None:
@@ -414,11 +468,29 @@ class HTTPServer:
             await responder.send(500, [("content-type", "application/json")],
                                  error_json("api_error", "handler sent no response"))
 
-    async def _reject(self, writer: asyncio.StreamWriter, err: HTTPError) -> None:
+    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, err: HTTPError) -> None:
         body = error_json(err.error_type, err.message)
-        responder = Responder(writer, False, False)
+        responder = Responder(writer, False, False, write_timeout=_LINGER_S)
         headers = [("content-type", "application/json"), ("x-should-retry", "false")]
         try:
             await responder.send(err.status, headers, body)
-        except ConnectionError:
+            if responder.closed or writer.transport.is_closing():
+                return
+            # Lingering close: closing with unread request bytes (a refused body) makes the kernel
+            # send a reset, which can destroy the error response before the client reads it. So
+            # half-close, then discard input for a short, bounded while.
+            if writer.can_write_eof():
+                writer.write_eof()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _LINGER_S
+            left = _LINGER_BYTES
+            while left > 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                data = await asyncio.wait_for(reader.read(min(left, 65536)), remaining)
+                if not data:
+                    break
+                left -= len(data)
+        except (ConnectionError, OSError, asyncio.TimeoutError, asyncio.LimitOverrunError):
             pass

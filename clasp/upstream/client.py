@@ -36,6 +36,8 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024          # response head (and trailer) size limit
 READ_SIZE = 64 * 1024         # largest single body read
+MAX_BODY = 64 * 1024 * 1024   # default limit of read(): a whole (non-streamed) response body
+MAX_INTERIM = 16              # 1xx responses tolerated before the final one
 IDLE_TIMEOUT = 60.0           # idle pooled connections older than this are dropped
 _TARGET_CACHE_MAX = 256
 
@@ -48,6 +50,7 @@ _OWNED_HEADERS = frozenset({
 })
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_DIGITS = frozenset("0123456789")  # str.isdigit() also accepts "²" etc., which int() rejects
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
 _TAIL = b"Connection: keep-alive\r\n\r\n"
@@ -91,11 +94,11 @@ def proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
                 continue
             rest = entry[end + 1:]
             entry = entry[1:end]
-            if rest.startswith(":") and rest[1:].isdigit():
+            if rest.startswith(":") and _is_number(rest[1:]):
                 entry_port = int(rest[1:])
         elif entry.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
             name, _, p = entry.partition(":")
-            if not p.isdigit():
+            if not _is_number(p):
                 continue
             entry, entry_port = name, int(p)
         entry = entry.lstrip(".").rstrip(".")
@@ -104,6 +107,11 @@ def proxy_bypassed(host: str, port: int, no_proxy: str) -> bool:
         if host == entry or host.endswith("." + entry):
             return True
     return False
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only, and few enough that int() is cheap and cannot hit its digit limit."""
+    return 0 < len(text) <= 18 and set(text) <= _DIGITS
 
 
 def _redacted_netloc(host: str, port: int) -> str:
@@ -174,7 +182,7 @@ def _parse_head(data: bytes) -> tuple[int, str, str, dict[str, str]]:
     status_line = lines[0]
     parts = status_line.split(" ", 2)
     if (len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3
-            or not parts[1].isdigit()):
+            or not _is_number(parts[1]) or parts[1][0] == "0"):
         raise ProtocolError(f"malformed status line: {status_line[:100]!r}")
     version = parts[0]
     status = int(parts[1])
@@ -256,15 +264,23 @@ class UpstreamResponse:
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} from {self._label}>"
 
-    async def read(self) -> bytes:
-        """The whole (remaining) body; afterwards the connection returns to the pool."""
+    async def read(self, max_bytes: int = MAX_BODY) -> bytes:
+        """The whole (remaining) body; afterwards the connection returns to the pool.
+
+        A body longer than ``max_bytes`` raises ProtocolError (and closes the connection): an
+        upstream that sends without end must not exhaust the proxy's memory."""
         if self._body is not None:
             return self._body
         parts = []
+        total = 0
         while True:
             data = await self._read_some()
             if not data:
                 break
+            total += len(data)
+            if total > max_bytes:
+                self.close()
+                raise ProtocolError(f"response body from {self._label} exceeds {max_bytes} bytes")
             parts.append(data)
         self._body = parts[0] if len(parts) == 1 else b"".join(parts)
         return self._body
@@ -674,6 +690,7 @@ class UpstreamClient:
             try:
                 # A write stalled by a peer that stopped reading counts against read_timeout too.
                 await asyncio.wait_for(writer.drain(), timeout)
+                interim = 0
                 while True:
                     raw = await asyncio.wait_for(reader.readuntil(_HEAD_END), timeout)
                     status, version, reason, resp_headers = _parse_head(raw)
@@ -682,6 +699,9 @@ class UpstreamClient:
                     if status == 101:
                         raise ProtocolError(f"{label} switched protocols unexpectedly")
                     reused = False  # bytes of a response arrived: never retry from here on
+                    interim += 1
+                    if interim > MAX_INTERIM:  # each one resets the read timeout: bound them
+                        raise ProtocolError(f"{label} sent more than {MAX_INTERIM} interim (1xx) responses")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
                     raise ProtocolError(f"{label} closed the connection in the middle of the response head") \
@@ -731,7 +751,7 @@ class UpstreamClient:
         if cl is not None:
             values = {v.strip() for v in cl.split(",")}
             value = values.pop() if len(values) == 1 else ""
-            if not value.isdigit() or len(value) > 18:
+            if not _is_number(value):
                 raise ProtocolError(f"invalid Content-Length {cl[:40]!r} from {label}")
             return _LENGTH, int(value), reusable
         return _UNTIL_CLOSE, 0, False
