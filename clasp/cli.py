@@ -66,7 +66,8 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
     from clasp.server.http import HTTPServer, ServerLimits
 
     app = App(cfg, log_stream=log_stream)
-    server = HTTPServer(app.handle, ServerLimits(cfg.max_body_size, cfg.header_timeout, cfg.idle_timeout))
+    server = HTTPServer(app.handle, ServerLimits(cfg.max_body_size, cfg.header_timeout, cfg.idle_timeout,
+                                                   cfg.write_timeout))
     try:
         addresses = await server.start(cfg.host, cfg.port, reuse_port=cfg.workers > 1, sock=sock)
     except BaseException:

@@ -48,6 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds to receive a request's headers and body"),
     _s("idle_timeout", float, 75.0, "CLASP_IDLE_TIMEOUT", "idle-timeout",
        "seconds an idle keep-alive client connection is kept"),
+    _s("write_timeout", float, 120.0, "CLASP_WRITE_TIMEOUT", "write-timeout",
+       "seconds a client may stop reading a response before it is disconnected"),
     _s("shutdown_timeout", float, 30.0, "CLASP_SHUTDOWN_TIMEOUT", "shutdown-timeout",
        "seconds in-flight requests get to finish on SIGINT/SIGTERM"),
     # provider and models
@@ -161,6 +163,7 @@ class Config:
     max_body_size: int = 32 * 1024 * 1024
     header_timeout: float = 30.0
     idle_timeout: float = 75.0
+    write_timeout: float = 120.0
     shutdown_timeout: float = 30.0
     provider: str = "openai"
     model: str = ""
@@ -233,10 +236,11 @@ class Config:
     config_file: str = ""
     sources: tuple = field(default=(), compare=False)  # (name, origin) for settings not at default
 
-    def __repr__(self) -> str:  # never show secrets
+    def __repr__(self) -> str:  # never show secrets, nor credentials inside URLs
+        from clasp.ops.logs import redact
         shown = ", ".join(f"{s.name}={'***' if s.secret and getattr(self, s.name) else getattr(self, s.name)!r}"
                           for s in SETTINGS)
-        return f"Config({shown})"
+        return redact(f"Config({shown})")
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
@@ -456,7 +460,7 @@ def validate(cfg: Config) -> None:
                  "cb_recovery", "rate_limit_requests", "rate_limit_burst"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
-    for name in ("header_timeout", "idle_timeout", "connect_timeout", "read_timeout", "rate_limit_window",
+    for name in ("header_timeout", "idle_timeout", "write_timeout", "connect_timeout", "read_timeout", "rate_limit_window",
                  "cache_ttl", "queue_max_wait", "cb_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")

@@ -114,3 +114,15 @@ def test_secrets_never_in_repr():
 def test_model_flags_parsing():
     assert parse_model_flags("no_stream_options, max_output_cap=16384,reasoning_style=deepseek,reasoning=false") == {
         "no_stream_options": True, "max_output_cap": 16384, "reasoning_style": "deepseek", "reasoning": False}
+
+
+def test_url_credentials_and_bad_ports_are_config_errors_without_echo():
+    cfg, _ = load_config(["-provider", "custom"], {**NOHOME, "CUSTOM_BASE_URL": "htps://user:hunter2@host/v1"})
+    with pytest.raises(ConfigError) as e:
+        Router(cfg)
+    assert "hunter2" not in str(e.value)
+    cfg, _ = load_config(["-provider", "custom"], {**NOHOME, "CUSTOM_BASE_URL": "http://127.0.0.1:99999/v1"})
+    with pytest.raises(ConfigError, match="invalid port"):
+        Router(cfg)
+    cfg, _ = load_config(["-provider", "custom"], {**NOHOME, "CUSTOM_BASE_URL": "https://user:hunter2@host/v1"})
+    assert "hunter2" not in repr(cfg) and "hunter2" not in repr(Router(cfg).primary)

@@ -271,3 +271,14 @@ def test_parser_accepts_valid_input():
 def test_parser_rejects(text, match):
     with pytest.raises(promparse.PromParseError, match=match):
         promparse.parse(text)
+
+
+def test_client_chosen_model_names_cannot_grow_series_without_bound() -> None:
+    from clasp.ops.metrics import MAX_SERIES
+    m = Metrics()
+    for i in range(MAX_SERIES + 300):
+        m.record_request("custom", f"model-{i}", 200, input_tokens=1)
+    tokens = m.to_json()["tokens"]["custom"]
+    assert len(tokens) == MAX_SERIES + 1
+    assert tokens["other"]["requests"] == 300
+    assert m.to_prometheus().count("model=\"other\"") > 0

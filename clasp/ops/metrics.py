@@ -75,6 +75,10 @@ def _labels(names: tuple[str, ...], values: Iterable[object]) -> str:
     return ",".join(f'{n}="{escape_label_value(str(v))}"' for n, v in zip(names, values))
 
 
+# (provider, model) pairs tracked separately; later pairs are counted as model="other"
+MAX_SERIES = 500
+
+
 class _Series:
     """Per (provider, model) counters and histograms."""
 
@@ -166,12 +170,18 @@ class Metrics:
             self.errors += 1
         self.tool_calls += tool_calls
         self.latency_sum += latency_s
-        k = (provider, model, status)
-        self._requests[k] = self._requests.get(k, 0) + 1
         pm = (provider, model)
         s = self._series.get(pm)
         if s is None:
-            s = self._series[pm] = _Series()
+            if len(self._series) >= MAX_SERIES:
+                # the model name comes from clients: bound the number of series it can create
+                pm = (provider, "other")
+                model = "other"
+                s = self._series.get(pm)
+            if s is None:
+                s = self._series[pm] = _Series()
+        k = (provider, model, status)
+        self._requests[k] = self._requests.get(k, 0) + 1
         s.requests += 1
         if streaming:
             self.streaming += 1

@@ -27,7 +27,7 @@ TIERS = ("opus", "sonnet", "haiku")
 class Target:
     name: str                          # shown in X-CLASP-Provider, metrics and logs
     provider: str                      # openai | azure | openrouter | custom
-    url: str                           # full chat/completions URL
+    url: str = field(repr=False)       # full chat/completions URL (may carry credentials)
     headers: tuple[tuple[str, str], ...] = field(repr=False)  # auth + attribution; never logged
     default_model: str = ""            # "" = pass the requested name through
     tier_models: tuple[tuple[str, str], ...] = ()  # (tier, model) overrides on this target
@@ -42,8 +42,13 @@ class Target:
 
 def _check_url(url: str, variable: str) -> str:
     parts = urlsplit(url)
+    shown = f"{parts.scheme}://{parts.hostname or ''}"  # never echo userinfo or query (credentials)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{variable} must be an http(s) URL, got {url!r}")
+        raise ConfigError(f"{variable} must be an http(s) URL, got {shown!r}...")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{variable} has an invalid port ({shown}...)") from None
     return url.rstrip("/")
 
 
