@@ -31,7 +31,7 @@ from clasp.routing.providers import Route, Router, Target
 from clasp.server.http import Request, Responder
 from clasp.translate.capabilities import Capabilities, capabilities_for
 from clasp.translate.common import random_id
-from clasp.translate.errors import (InvalidRequest, ProxyError, error_event, error_response,
+from clasp.translate.errors import (InvalidRequest, ProxyError, error_response,
                                     map_transport_error, map_upstream_error)
 from clasp.translate.request import RequestContext, translate_request
 from clasp.translate.response import translate_response
@@ -97,6 +97,12 @@ class Exchange:
     tool_calls: int = 0
     cache: str = ""
 
+    def book(self, usage: dict, tool_calls: int) -> None:
+        """Token counts of an Anthropic usage object (cache reads count as input) and tool calls."""
+        self.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+        self.output_tokens = usage.get("output_tokens", 0)
+        self.tool_calls = tool_calls
+
 
 class App:
     """The proxy: one instance per process, shared by all connections."""
@@ -132,10 +138,10 @@ class App:
             queue=(lambda: {"depth": self.queue.depth(), **self.queue.stats}) if self.queue else None,
             cache=self.cache.stats if self.cache is not None else None)
         stream = log_stream or sys.stderr
-        self.access_log = AccessLog(stream, cfg.log_format, secrets=cfg.secrets()) if cfg.access_log else None
-        self.debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, cfg.secrets())
-                          if cfg.debug_log_requests or cfg.debug_log_responses else None)
         self.secrets = cfg.secrets()
+        self.access_log = AccessLog(stream, cfg.log_format, secrets=self.secrets) if cfg.access_log else None
+        self.debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, self.secrets)
+                          if cfg.debug_log_requests or cfg.debug_log_responses else None)
         self.model_flags = parse_model_flags(cfg.model_flags)
         try:  # fail at start-up, not on the first request
             capabilities_for(self.router.primary.provider, self.router.primary.default_model, self.model_flags)
@@ -390,7 +396,7 @@ class App:
                     upstream = await self._call_target(route, ctx, payload, ex)
                 except ProxyError as err:
                     last = err
-                    if err.retryable or err.status in _UNAVAILABLE:
+                    if _is_unavailable(err):
                         continue  # next target in the fallback chain, if any
                     raise
                 return route, ctx, caps, upstream, cache_key
@@ -472,7 +478,7 @@ class App:
             raise
         if isinstance(outcome, ProxyError):
             if breaker is not None:
-                if outcome.retryable or outcome.status in _UNAVAILABLE:
+                if _is_unavailable(outcome):
                     breaker.record_failure()
                 else:
                     breaker.record_success()  # the provider answered; the request was at fault
@@ -505,10 +511,7 @@ class App:
             raise _scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
                          self.secrets)
         message = translate_response(data, ctx, caps)
-        usage = message.get("usage", {})
-        ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
-        ex.output_tokens = usage.get("output_tokens", 0)
-        ex.tool_calls = sum(1 for b in message["content"] if b.get("type") == "tool_use")
+        ex.book(message.get("usage", {}), sum(1 for b in message["content"] if b.get("type") == "tool_use"))
         ex.status = 200
         if ex.stream:
             # the upstream ignored stream:true (or is configured not to stream): synthesize events
@@ -604,10 +607,7 @@ class App:
             raise
         finally:
             pinger.cancel()
-            usage = translator.usage or {}
-            ex.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
-            ex.output_tokens = usage.get("output_tokens", 0)
-            ex.tool_calls = translator.tool_count
+            ex.book(translator.usage or {}, translator.tool_count)
         if failed:
             # An error event ends the stream: finish the HTTP message cleanly (so the client parses
             # the event rather than seeing a broken transfer), then close the connection.

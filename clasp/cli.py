@@ -54,9 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_level(cfg: Config) -> int:
+    return logging.DEBUG if cfg.debug_log_requests or cfg.debug_log_responses else logging.INFO
+
+
 def setup_logging(cfg: Config) -> None:
-    level = logging.DEBUG if (cfg.debug or cfg.debug_requests or cfg.debug_responses) else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(cfg), stream=sys.stderr, format=LOG_FORMAT)
 
 
 async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
@@ -139,13 +145,18 @@ def healthcheck(args: Sequence[str]) -> int:
     import http.client
 
     host = os.environ.get("CLASP_HEALTHCHECK_HOST", "127.0.0.1")
-    if args:
-        port = int(args[0])
-    else:  # the same port the proxy uses: flags are not given here, but env and config file are
+    raw = args[0] if args else None
+    if raw is None:  # the same port the proxy uses: flags are not given here, but env and config file are
         try:
             port = load_config([], os.environ)[0].port
         except ConfigError:
-            port = int(os.environ.get("CLASP_PORT") or 8080)
+            raw = os.environ.get("CLASP_PORT") or "8080"
+    if raw is not None:
+        raw = raw.strip()
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and int(raw) <= 65535):
+            print(f"clasp healthcheck: invalid port {raw[:20]!r}", file=sys.stderr)
+            return 1  # unhealthy (Docker reserves exit code 2)
+        port = int(raw)
     try:
         conn = http.client.HTTPConnection(host, port, timeout=5)
         conn.request("GET", "/health")

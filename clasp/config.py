@@ -35,7 +35,7 @@ def _s(name: str, kind: type, default: Any, env: str | tuple[str, ...] | None, f
     return Setting(name, kind, default, envs, flag, help, secret)
 
 
-_TIERS = ("opus", "sonnet", "haiku")
+TIERS = ("opus", "sonnet", "haiku")
 
 SETTINGS: tuple[Setting, ...] = (
     # server
@@ -59,7 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("model_sonnet", str, "", "CLASP_MODEL_SONNET", "model-sonnet", "model for sonnet-tier requests"),
     _s("model_haiku", str, "", "CLASP_MODEL_HAIKU", "model-haiku", "model for haiku-tier requests"),
     _s("model_aliases", str, "", "CLASP_MODEL_ALIASES", "model-aliases",
-       "exact aliases 'requested=upstream,...' (upstream may be 'provider,model')"),
+       "exact aliases 'requested=upstream,...' (upstream may be 'provider:model')"),
     _s("model_flags", str, "", "CLASP_MODEL_FLAGS", "model-flags",
        "capability flags for the upstream model, e.g. 'no_stream_options,max_output_cap=16384'"),
     _s("openai_api_key", str, "", "OPENAI_API_KEY", None, "OpenAI API key", secret=True),
@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     # multi-provider tiers
     _s("multi_provider", bool, False, "CLASP_MULTI_PROVIDER", "multi-provider",
        "route opus/sonnet/haiku to different providers"),
-    *(s for tier in _TIERS for s in (
+    *(s for tier in TIERS for s in (
         _s(f"{tier}_provider", str, "", f"CLASP_{tier.upper()}_PROVIDER", None, f"provider for the {tier} tier"),
         _s(f"{tier}_model", str, "", f"CLASP_{tier.upper()}_MODEL", None, f"model for the {tier} tier"),
         _s(f"{tier}_api_key", str, "", f"CLASP_{tier.upper()}_API_KEY", None,
@@ -487,6 +487,10 @@ def usage_text() -> str:
     return "\n".join(lines)
 
 
+# ASCII digits only (str.isdigit also accepts "²", which int() rejects), and few enough for int().
+_INT = re.compile(r"-?[0-9]{1,18}")
+
+
 def parse_model_flags(text: str) -> dict[str, Any]:
     """Parse CLASP_MODEL_FLAGS: 'no_stream_options,max_output_cap=16384,reasoning_style=deepseek'."""
     out: dict[str, Any] = {}
@@ -500,7 +504,7 @@ def parse_model_flags(text: str) -> dict[str, Any]:
         low = raw.lower()
         if low in _TRUE - {"1"} or low in _FALSE - {"0", ""}:
             out[name] = low in _TRUE
-        elif raw.lstrip("-").isdigit():
+        elif _INT.fullmatch(raw):
             out[name] = int(raw)
         else:
             out[name] = raw

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Mapping, TextIO
 
+from clasp.cli import LOG_FORMAT, log_level
 from clasp.config import Config, ConfigError, load_config
 
 INSTALL_HINT = "npm install -g @anthropic-ai/claude-code"
@@ -133,15 +134,14 @@ def _route_logging(stream: TextIO | None, cfg: Config) -> None:
         handler: logging.Handler = logging.NullHandler()
     else:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    debug = cfg.debug or cfg.debug_requests or cfg.debug_responses
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     for name in ("clasp", "asyncio"):
         logger = logging.getLogger(name)
         logger.propagate = False
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.addHandler(handler)
-    logging.getLogger("clasp").setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("clasp").setLevel(log_level(cfg))
 
 
 def _terminal_sends_sigint() -> bool:

@@ -40,6 +40,13 @@ def test_help_lists_flags_and_variables_even_with_bad_config():
         assert word in p.stdout
 
 
+@pytest.mark.parametrize("args,env", [(["x"], {}), (["99999"], {}), (["²"], {}), ([], {"CLASP_PORT": "abc"})])
+def test_healthcheck_with_an_invalid_port_is_unhealthy_without_a_traceback(args, env):
+    p = run("healthcheck", *args, env=env)
+    assert p.returncode == 1
+    assert "invalid port" in p.stderr and "Traceback" not in p.stderr
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

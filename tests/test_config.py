@@ -116,6 +116,17 @@ def test_model_flags_parsing():
         "no_stream_options": True, "max_output_cap": 16384, "reasoning_style": "deepseek", "reasoning": False}
 
 
+def test_model_flags_non_ascii_digits_are_a_config_error_not_a_crash():
+    # "²".isdigit() is True but int("²") raises: the value must stay text and be rejected by name.
+    assert parse_model_flags("max_output_cap=²,a=--5,b=-5") == {"max_output_cap": "²", "a": "--5", "b": -5}
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT),
+           "OPENAI_API_KEY": "sk-test", "CLASP_MODEL_FLAGS": "max_output_cap=²"}
+    p = subprocess.run([sys.executable, "-m", "clasp", "-port", "0"], env=env,
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    assert p.returncode == 2, p.stderr
+    assert "max_output_cap" in p.stderr and "positive integer" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_url_credentials_and_bad_ports_are_config_errors_without_echo():
     cfg, _ = load_config(["-provider", "custom"], {**NOHOME, "CUSTOM_BASE_URL": "htps://user:hunter2@host/v1"})
     with pytest.raises(ConfigError) as e:

@@ -248,6 +248,15 @@ def test_schema_gemini_recursive_ref_terminates():
     assert out["properties"]["root"] == {"type": "object", "properties": {"next": {"type": "object"}}}
 
 
+def test_schema_gemini_ref_with_non_ascii_or_huge_index_is_unresolvable_not_a_crash():
+    # "²".isdigit() is True (int() rejects it); 5000 digits exceed int()'s limit on 3.11+.
+    for index in ("²", "9" * 5000):
+        schema = {"type": "object", "$defs": {"L": [{"type": "string"}]},
+                  "properties": {"a": {"$ref": f"#/$defs/L/{index}"}, "b": {"$ref": "#/$defs/L/0"}}}
+        out = sanitize_schema(schema, gemini=True)
+        assert out["properties"] == {"a": {}, "b": {"type": "string"}}
+
+
 def test_function_tool_memoized_and_strips_extras():
     tool = {"name": "Placeholder", "description": "d", "input_schema": {"type": "object", "properties": {}},
             "defer_loading": True, "cache_control": {"type": "ephemeral"}}

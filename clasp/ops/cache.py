@@ -16,9 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-__all__ = ["ResponseCache", "cache_key", "is_cacheable", "CACHE_HEADER"]
-
-CACHE_HEADER = "x-clasp-cache"
+__all__ = ["ResponseCache", "cache_key", "is_cacheable"]
 
 # Front-of-LRU expired entries purged per put(), so one call never does unbounded work.
 _PURGE_PER_PUT = 4

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from clasp.config import PROVIDERS, Config, ConfigError
+from clasp.config import PROVIDERS, TIERS, Config, ConfigError
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -20,7 +20,6 @@ DEFAULT_BASE_URLS = {
 DEFAULT_MODELS = {"openai": "gpt-4o", "openrouter": "openai/gpt-4o"}
 KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY", "openrouter": "OPENROUTER_API_KEY",
            "custom": "CUSTOM_API_KEY"}
-TIERS = ("opus", "sonnet", "haiku")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Awaitable, Callable
 
+from clasp.translate.errors import error_body
+
 log = logging.getLogger("clasp.server")
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -55,7 +57,7 @@ class HTTPError(Exception):
 
 
 def error_json(error_type: str, message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+    return json.dumps(error_body(error_type, message)).encode()
 
 
 class Responder:

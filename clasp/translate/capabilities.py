@@ -79,7 +79,7 @@ def _coerce(field: str, value: object) -> object:
     if field == "max_output_cap":
         if value is None:
             return None
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value.strip())
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

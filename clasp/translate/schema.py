@@ -66,7 +66,8 @@ class _Sanitizer:
             part = raw.replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and part in node:
                 node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            elif (isinstance(node, list) and part.isascii() and part.isdigit()
+                  and len(part) <= 18 and int(part) < len(node)):
                 node = node[int(part)]
             else:
                 return None

@@ -131,7 +131,7 @@ class StreamTranslator:
     @property
     def tool_count(self) -> int:
         """Tool-use blocks emitted so far (for metrics)."""
-        return sum(1 for t in self._tools if t.placed)
+        return self._tool_blocks
 
     @property
     def has_upstream_usage(self) -> bool:
