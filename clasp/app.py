@@ -453,6 +453,7 @@ class App:
             try:
                 upstream = await self.client.request("POST", target.url, headers, payload)
             except UpstreamError as e:
+                self.metrics.record_upstream_error(target.name, _transport_kind(e))
                 return map_transport_error(e, target.name)
             if upstream.status < 300:
                 return upstream
@@ -688,6 +689,11 @@ def _scrub(err: ProxyError, secrets: list[str]) -> ProxyError:
         if secret in message:
             message = message.replace(secret, "[redacted]")
     return err if message is err.message else dataclasses.replace(err, message=message)
+
+
+def _transport_kind(exc: UpstreamError) -> str:
+    """The metrics label of an upstream failure that produced no HTTP status."""
+    return {"UpstreamTimeout": "timeout", "ConnectError": "connect"}.get(type(exc).__name__, "connection")
 
 
 def _is_unavailable(outcome: object) -> bool:

@@ -156,9 +156,11 @@ def test_connection_refused_is_502_api_error(lt):
     p = Proxy(lt, ["-provider", "custom", "-max-retries", "0"], {"CUSTOM_BASE_URL": "http://127.0.0.1:9/v1"})
     try:
         status, _, body = p.post(HELLO)
+        metrics = json.loads(p.request("GET", "/metrics")[2])
     finally:
         p.stop()
     assert status == 502 and body["error"]["type"] == "api_error"
+    assert metrics["upstream_errors"] == {"connect": 1}   # transport failures are counted too
 
 
 @pytest.mark.parametrize("body, fragment", [
