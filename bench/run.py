@@ -86,6 +86,13 @@ def mem_kib(pid: int, field: str) -> int:
     return total
 
 
+async def sample_rss(pid: int, peak: list, interval: float) -> None:
+    """Keep peak[0] at the highest VmRSS seen (KiB) until cancelled."""
+    while True:
+        peak[0] = max(peak[0], mem_kib(pid, "VmRSS"))
+        await asyncio.sleep(interval)
+
+
 def reset_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
     try:
@@ -459,11 +466,7 @@ class Bench:
         peak = [before]
 
         async def go():
-            async def sample():
-                while True:
-                    peak[0] = max(peak[0], mem_kib(pid, "VmRSS"))
-                    await asyncio.sleep(0.05)
-            sampler = asyncio.ensure_future(sample())
+            sampler = asyncio.ensure_future(sample_rss(pid, peak, 0.05))
             # open connections in batches: a 500-connection burst can overflow a small accept backlog
             conns = []
             for i in range(0, streams, 50):
@@ -500,11 +503,7 @@ class Bench:
         peak = [before]
 
         async def go():
-            async def sample():
-                while True:
-                    peak[0] = max(peak[0], mem_kib(pid, "VmRSS"))
-                    await asyncio.sleep(0.02)
-            sampler = asyncio.ensure_future(sample())
+            sampler = asyncio.ensure_future(sample_rss(pid, peak, 0.02))
             c = await Conn.open(self.port)
             r = await c.call(proxy.raw)
             sampler.cancel()
