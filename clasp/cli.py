@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import platform
 import signal
 import socket
 import sys
+from types import ModuleType
 from typing import Sequence
 
 from clasp import __version__
 from clasp.config import Config, ConfigError, load_config, usage_text
+from clasp.routing.providers import may_use_tls
 
 log = logging.getLogger("clasp")
 
 
 def version_line() -> str:
+    import platform
     return f"clasp {__version__} (python {platform.python_version()})"
 
 
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(cfg)
     try:
+        asyncio = import_asyncio(tls=may_use_tls(cfg))
         if cfg.workers > 1:
             return run_workers(cfg)
         return asyncio.run(serve(cfg))
@@ -52,6 +54,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def import_asyncio(tls: bool) -> ModuleType:
+    """Import asyncio, without OpenSSL when no upstream this config can reach speaks TLS.
+
+    asyncio imports ssl when it can, which maps libssl and libcrypto into the process (~5 MiB
+    of RSS) even if no TLS connection is ever made. asyncio supports Pythons built without ssl,
+    so hiding the module while asyncio loads is safe for a proxy that only talks plain HTTP
+    (a local Ollama, vLLM, llama.cpp); ssl itself stays importable afterwards.
+    """
+    if tls or "asyncio" in sys.modules or "ssl" in sys.modules:
+        import asyncio
+        return asyncio
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes "import ssl" raise ImportError
+    try:
+        import asyncio
+    finally:
+        del sys.modules["ssl"]
+    return asyncio
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -68,6 +89,8 @@ def setup_logging(cfg: Config) -> None:
 async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
                 sock: socket.socket | None = None, log_stream=None) -> int:
     """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code."""
+    import asyncio
+
     from clasp.app import App
     from clasp.server.http import HTTPServer, ServerLimits
 
@@ -100,6 +123,8 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
 
 def run_workers(cfg: Config) -> int:
     """N processes accept on one port with SO_REUSEPORT (Linux, BSD); the parent supervises."""
+    import asyncio
+
     if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
         log.warning("this platform has no SO_REUSEPORT/fork: running one worker")
         return asyncio.run(serve(cfg))

@@ -94,14 +94,15 @@ class Seen:
 class FakeUpstream:
     """An OpenAI-compatible server whose replies come from `script(seen) -> Reply`."""
 
-    def __init__(self, lt: LoopThread, script: Callable[[Seen], Reply] | None = None) -> None:
+    def __init__(self, lt: LoopThread, script: Callable[[Seen], Reply] | None = None, *,
+                 ssl_context=None) -> None:
         self.lt = lt
         self.script = script or (lambda seen: json_reply(completion()))
         self.requests: list[Seen] = []
         self.connections = 0
-        self.server = lt.run(asyncio.start_server(self._conn, "127.0.0.1", 0))
+        self.server = lt.run(asyncio.start_server(self._conn, "127.0.0.1", 0, ssl=ssl_context))
         self.port = self.server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
         self.cancelled = 0  # streams whose client went away mid-way
 
     def close(self) -> None:

@@ -227,3 +227,15 @@ class Router:
         target = build_target(provider, self.cfg, name=provider)
         self.targets[target.name] = target
         return target
+
+
+def may_use_tls(cfg: Config) -> bool:
+    """True if a request could reach an https upstream: a configured target, or one that a
+    "provider,model" request builds on demand from the credentials at hand."""
+    urls = [t.url for t in Router(cfg).targets.values()]
+    for provider in PROVIDERS:
+        try:
+            urls.append(build_target(provider, cfg).url)
+        except ConfigError:
+            pass  # not reachable: a request naming it gets a configuration error
+    return any(urlsplit(u).scheme == "https" for u in urls)

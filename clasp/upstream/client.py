@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import ssl
 import time
 from collections import deque
-from typing import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:  # ssl is imported on first https use: OpenSSL costs ~5 MiB of RSS
+    import ssl
 
 __all__ = [
     "UpstreamClient",
@@ -433,6 +435,19 @@ def _os_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _raise_if_tls_failure(exc: OSError, target: _Target) -> None:
+    """Name TLS failures as such (only called once an https connection was tried, so ssl is loaded)."""
+    import ssl
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        raise ConnectError(
+            f"TLS certificate verification failed for {target.label}: "
+            f"{exc.verify_message or exc.reason or exc}. This is a certificate problem: if the server "
+            f"uses a private or corporate CA, point SSL_CERT_FILE (or SSL_CERT_DIR) at a CA bundle "
+            f"that includes it") from None
+    if isinstance(exc, ssl.SSLError):
+        raise ConnectError(f"TLS handshake with {target.label} failed: {exc.reason or exc}") from None
+
+
 class _RetryOnFresh(Exception):
     """Internal: a reused connection turned out to be dead before any response byte arrived."""
 
@@ -475,6 +490,7 @@ class UpstreamClient:
         if self._ssl_context is None:
             if self._ssl_error is not None:
                 raise ConnectError(self._ssl_error)
+            import ssl
             try:
                 ctx = ssl.create_default_context(cafile=self._cafile, capath=self._capath)
             except (OSError, ssl.SSLError) as exc:
@@ -581,14 +597,6 @@ class UpstreamClient:
             where = target.proxy.label + f" (for {target.label})" if target.proxy else target.label
             raise UpstreamTimeout(
                 f"connecting to {where} timed out after {self._connect_timeout:g}s", "connect") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectError(
-                f"TLS certificate verification failed for {target.label}: "
-                f"{exc.verify_message or exc.reason or exc}. This is a certificate problem: if the server "
-                f"uses a private or corporate CA, point SSL_CERT_FILE (or SSL_CERT_DIR) at a CA bundle "
-                f"that includes it") from None
-        except ssl.SSLError as exc:
-            raise ConnectError(f"TLS handshake with {target.label} failed: {exc.reason or exc}") from None
         except UpstreamError:
             raise
         except asyncio.IncompleteReadError:
@@ -598,6 +606,8 @@ class UpstreamClient:
             raise ConnectError(f"oversized CONNECT response from {target.proxy.label if target.proxy else ''}") \
                 from None
         except OSError as exc:
+            if ctx is not None:
+                _raise_if_tls_failure(exc, target)
             where = f"{target.proxy.label} (for {target.label})" if target.proxy else target.label
             raise ConnectError(f"cannot connect to {where}: {_os_reason(exc)}") from None
 
