@@ -167,6 +167,18 @@ def proxy_env(upstream_port: int) -> dict:
     return env
 
 
+def compile_package() -> str:
+    """Write clasp's bytecode cache first, as an install or any earlier run leaves it: otherwise,
+    with PYTHONDONTWRITEBYTECODE set, every start compiles every module (and its RSS shows it)."""
+    import compileall
+    try:
+        ok = compileall.compile_dir(str(ROOT / "clasp"), quiet=1)
+    except OSError as e:
+        ok = False
+        print(f"note: bytecode not cached ({e})", file=sys.stderr)
+    return "cached" if ok else "compiled at each start"
+
+
 def start_proxy(upstream_port: int, core: str | None, *, entry: list[str] | None = None,
                 workers: int = 1) -> tuple[Proc, int, float]:
     port = free_port()
@@ -343,6 +355,7 @@ class Bench:
         return quick if self.quick else full
 
     def __enter__(self) -> "Bench":
+        self.results["bytecode"] = compile_package()
         if self.core_up is not None:
             os.sched_setaffinity(0, {int(self.core_up)})  # load generator shares the upstream's core
         self.up, self.up_port = start_upstream(self.core_up)
@@ -523,22 +536,26 @@ class Bench:
         with tempfile.TemporaryDirectory(prefix="clasp-bench-") as tmp:
             pyz = Path(tmp) / "clasp.pyz"
             sys.path.insert(0, str(ROOT / "tools"))
+            entries = {"source": [sys.executable, "-m", "clasp"]}
             try:
                 from build_zipapp import build
-                build(pyz)
-                entries = {"zipapp": [sys.executable, "-I", str(pyz)],
-                           "source": [sys.executable, "-m", "clasp"]}
+                build(pyz, compile_bytecode=False)
+                build(pyz.with_name("compiled.pyz"), compile_bytecode=True)
+                entries["zipapp --compile"] = [sys.executable, "-I", str(pyz.with_name("compiled.pyz"))]
+                entries["zipapp"] = [sys.executable, "-I", str(pyz)]
             except Exception as e:  # no tools/ in a trimmed checkout: source only
                 print(f"note: zipapp not built ({e})", file=sys.stderr)
-                entries = {"source": [sys.executable, "-m", "clasp"]}
             for name, entry in entries.items():
-                times = []
+                times, rss = [], []
                 for _ in range(runs):
                     t0 = time.perf_counter()
                     proc, port, _ = start_proxy(self.up_port, self.core_proxy, entry=entry)
                     times.append(time.perf_counter() - t0)
+                    time.sleep(0.2)
+                    rss.append(mem_kib(proc.pid, "VmRSS") / 1024)
                     proc.stop()
-                out[name] = {"p50_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
+                out[name] = {"p50_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3,
+                             "idle_rss_mib": statistics.median(rss)}
         self.results["startup"] = out
 
     # -- -workers 2 vs 1 (unpinned: workers need both cores)
@@ -589,7 +606,8 @@ def table(r: dict) -> str:
     lines = []
     m = r["machine"]
     lines.append(f"machine: {m['cpu'] or '?'} x{m['cpus']}, python {m['python']}, "
-                 f"{'proxy pinned to its own core' if r['pinned'] else 'not pinned (no taskset)'}")
+                 f"{'proxy pinned to its own core' if r['pinned'] else 'not pinned (no taskset)'}, "
+                 f"bytecode {r.get('bytecode', '?')}")
     lines.append(f"{'metric':<46}{'direct':>12}{'proxy':>12}{'ratio/added':>14}")
 
     def row(name: str, direct: str, proxy: str, extra: str = "") -> None:
@@ -635,6 +653,7 @@ def table(r: dict) -> str:
     if st:
         for name, v in st.items():
             row(f"start-up to listening ({name}) p50 ms", "", f"{v['p50_ms']:.0f}", "")
+            row(f"idle RSS ({name}) MiB", "", f"{v['idle_rss_mib']:.1f}", "")
     wk = r.get("workers")
     if wk:
         for k in ("workers_1", "workers_2"):

@@ -114,6 +114,16 @@ def test_compiled_archive_adds_bytecode_for_this_python_only(compiled_pyz: Path,
     assert magic == importlib.util.MAGIC_NUMBER
 
 
+@pytest.mark.parametrize("flags,has_bytecode", [([], True), (["--no-compile"], False)])
+def test_build_command_adds_bytecode_unless_told_not_to(flags: list, has_bytecode: bool, tmp_path: Path) -> None:
+    out = tmp_path / "clasp.pyz"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_zipapp.py"), "-o", str(out), *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(out) as z:
+        assert ("clasp/cli.pyc" in z.namelist()) is has_bytecode
+
+
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_compiled_archive_runs_everywhere(compiled_pyz: Path, python: str, tmp_path: Path) -> None:
     # Other versions reject the foreign bytecode and compile the sources instead.
