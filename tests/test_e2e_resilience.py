@@ -172,6 +172,23 @@ def test_client_errors_are_never_retried(lt, upstream, proxies, status, etype):
     assert metrics(p)["retries"] == 0
 
 
+def test_upstream_saying_do_not_retry_is_obeyed_and_passed_on(lt, upstream, proxies):
+    upstream.script = lambda seen: err(500, "broken for good", [("x-should-retry", "false")])
+    p = start(proxies, lt, upstream, "-max-retries", "3", "-retry-base-delay-ms", "1")
+    status, headers, body = p.post(HELLO)
+    assert status == 500 and body["error"]["type"] == "api_error"
+    assert headers["x-should-retry"] == "false"   # Claude Code does not retry it either
+    assert len(upstream.requests) == 1
+
+
+def test_upstream_may_allow_retrying_a_501(lt, upstream, proxies):
+    upstream.script = Script(err(501, "try again", [("x-should-retry", "true")]))
+    p = start(proxies, lt, upstream, "-max-retries", "1", "-retry-base-delay-ms", "1")
+    status, _, msg = p.post(HELLO)
+    assert status == 200 and msg["type"] == "message"
+    assert len(upstream.requests) == 2
+
+
 def _read_stream(p: Proxy, body: dict) -> tuple[int, list]:
     """POST a streaming request; tolerate the connection closing right after an error event."""
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)

@@ -405,3 +405,27 @@ def test_error_body_under_http_200_uses_body_code():
     assert (err.status, err.error_type, err.headers) == (402, "billing_error", NO_RETRY)
     err = m(200, {"error": {"message": "Internal error", "code": "server_error"}}, provider="openrouter")
     assert (err.status, err.error_type, err.retryable) == (502, "api_error", True)
+
+
+@pytest.mark.parametrize("status,headers,body,retryable", [
+    (408, {}, b"", True), (409, {}, b"", True), (429, {}, b"", True), (500, {}, b"", True),
+    (502, {}, b"", True), (503, {}, b"", True), (504, {}, b"", True), (529, {}, b"", True),
+    (400, {}, b"", False), (401, {}, b"", False), (403, {}, b"", False), (404, {}, b"", False),
+    (413, {}, b"", False), (501, {}, b"", False),
+    # quota exhaustion does not clear by waiting, whatever the header says
+    (429, {}, b'{"error":{"code":"insufficient_quota"}}', False),
+    (429, {"x-should-retry": "true"}, b'{"error":{"code":"insufficient_quota"}}', False),
+    # the upstream's explicit verdict
+    (503, {"X-Should-Retry": "false"}, b"", False),
+    (429, {"x-should-retry": " FALSE "}, b"", False),
+    (501, {"x-should-retry": "true"}, b"", True),
+    (503, {"x-should-retry": "maybe"}, b"", True),
+    # a bad request stays bad
+    (400, {"x-should-retry": "true"}, b"", False), (401, {"x-should-retry": "true"}, b"", False),
+    (404, {"x-should-retry": "true"}, b"", False),
+])
+def test_retryability_follows_status_code_and_upstream_verdict(status, headers, body, retryable):
+    err = map_upstream_error(status, headers, body, "openai")
+    assert err.retryable is retryable
+    if not retryable:
+        assert err.headers.get("x-should-retry") == "false"  # the client does not retry it either

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from clasp.resilience.retry import RETRYABLE_STATUSES, RetryPolicy
+from clasp.resilience.retry import RetryPolicy
 
 NOW = 1_700_000_000.0
 
@@ -100,51 +100,6 @@ def test_invalid_retry_after_falls_back_to_backoff():
 def test_header_names_are_case_insensitive():
     p = policy()
     assert p.delay(0, {"Retry-After": "4"}) == 4.0
-    assert p.should_retry_status(503, {"X-Should-Retry": "false"}) is False
-
-
-# -- retryability ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "status,headers,hint,expected",
-    [
-        (408, None, "", True),
-        (409, None, "", True),
-        (429, None, "", True),
-        (500, None, "", True),
-        (502, None, "", True),
-        (503, None, "", True),
-        (504, None, "", True),
-        (529, None, "", True),
-        (400, None, "", False),
-        (401, None, "", False),
-        (403, None, "", False),
-        (404, None, "", False),
-        (413, None, "", False),
-        (501, None, "", False),
-        (200, None, "", False),
-        # quota exhaustion will not clear by waiting
-        (429, None, '{"error":{"code":"insufficient_quota"}}', False),
-        (429, {"x-should-retry": "true"}, "Insufficient_Quota", False),
-        # upstream's explicit verdict
-        (503, {"x-should-retry": "false"}, "", False),
-        (501, {"x-should-retry": "true"}, "", True),
-        (503, {"x-should-retry": " TRUE "}, "", True),
-        (503, {"x-should-retry": "maybe"}, "", True),
-        # hopeless statuses stay hopeless whatever the header says
-        (400, {"x-should-retry": "true"}, "", False),
-        (401, {"x-should-retry": "true"}, "", False),
-        (403, {"x-should-retry": "true"}, "", False),
-        (404, {"x-should-retry": "true"}, "", False),
-    ],
-)
-def test_should_retry_status(status, headers, hint, expected):
-    assert RetryPolicy().should_retry_status(status, headers, hint) is expected
-
-
-def test_retryable_status_set():
-    assert RETRYABLE_STATUSES == frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
 def test_invalid_configuration_rejected():
@@ -168,7 +123,7 @@ def classify_resp(p: RetryPolicy):
     def classify(outcome):
         if isinstance(outcome, BaseException):
             return isinstance(outcome, ConnectionError), None
-        return p.should_retry_status(outcome.status, outcome.headers), outcome.headers
+        return outcome.status >= 500, outcome.headers
     return classify
 
 

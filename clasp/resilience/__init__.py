@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from .queue import QueueFull, QueueTimeout, RequestQueue
-from .retry import NEVER_RETRY_STATUSES, RETRYABLE_STATUSES, RetryPolicy, header_value
+from .retry import RetryPolicy, header_value
 
 __all__ = [
     "CLOSED",
     "HALF_OPEN",
     "OPEN",
     "CircuitBreaker",
-    "NEVER_RETRY_STATUSES",
     "QueueFull",
     "QueueTimeout",
-    "RETRYABLE_STATUSES",
     "RequestQueue",
     "RetryPolicy",
     "header_value",

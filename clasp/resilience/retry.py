@@ -1,4 +1,7 @@
-"""Retry policy for upstream calls: which outcomes to retry and how long to wait.
+"""Retry policy for upstream calls: how long to wait, and the retry loop.
+
+Which outcomes are retryable is decided where upstream errors are classified
+(``clasp.translate.errors.map_upstream_error``: status, error code, ``x-should-retry``).
 
 Backoff is exponential with *equal jitter*: the n-th retry waits a random time in
 ``[d/2, d]`` where ``d = min(max_delay_s, base_delay_s * 2**n)``. Equal jitter (rather
@@ -22,16 +25,9 @@ import random
 import time
 from typing import Awaitable, Callable, Mapping, Optional, Tuple, TypeVar, Union
 
-__all__ = ["RETRYABLE_STATUSES", "NEVER_RETRY_STATUSES", "RetryPolicy", "header_value"]
+__all__ = ["RetryPolicy", "header_value"]
 
 T = TypeVar("T")
-
-# Transient by nature: timeouts, conflicts, rate limits, server errors, overload (529).
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-
-# The request itself (or the proxy's credentials/config) is wrong: another try cannot
-# succeed, whatever the upstream's x-should-retry says.
-NEVER_RETRY_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 422})
 
 # Far enough that 2**n cannot overflow a float; max_delay_s caps the result anyway.
 _MAX_EXPONENT = 60
@@ -145,30 +141,6 @@ class RetryPolicy:
         except (OverflowError, ValueError, OSError):
             return None
         return max(0.0, target - self._wall_clock())
-
-    # -- classification --------------------------------------------------------------
-
-    def should_retry_status(
-        self, status: int, headers: Optional[Mapping[str, str]] = None, body_hint: str = ""
-    ) -> bool:
-        """May the proxy retry an upstream HTTP error with this status?
-
-        Order matters: hopeless statuses first (no header can fix a bad request or bad
-        credentials), then quota exhaustion (a 429 that will not clear by waiting), then
-        the upstream's explicit ``x-should-retry``, then the status table.
-        """
-        if status in NEVER_RETRY_STATUSES:
-            return False
-        if body_hint and "insufficient_quota" in body_hint.lower():
-            return False
-        flag = header_value(headers, "x-should-retry")
-        if flag is not None:
-            flag = flag.strip().lower()
-            if flag == "true":
-                return True
-            if flag == "false":
-                return False
-        return status in RETRYABLE_STATUSES
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -399,7 +399,13 @@ def map_upstream_error(
         # Retrying cannot fix these; without the header Claude Code retries e.g. 401 for minutes.
         return ProxyError(st, etype, msg, {"x-should-retry": "false"}, False)
 
+    # The upstream's own verdict (OpenAI sends x-should-retry) can stop retries of a transient
+    # status, or allow them for a 5xx that is permanent by default; never for a bad request.
+    verdict = h.get("x-should-retry", "").strip().lower()
+
     def transient(st: int, etype: str) -> ProxyError:
+        if verdict == "false":
+            return ProxyError(st, etype, message, {**_retry_headers(h), "x-should-retry": "false"}, False)
         return ProxyError(st, etype, message, _retry_headers(h), True)
 
     if any(m in _OVERLOAD_MARKERS for m in markers) or status in (503, 529):
@@ -432,7 +438,7 @@ def map_upstream_error(
         # Other client errors (405 wrong URL, 415, ...): retrying cannot help; keep the status.
         return fatal(status, "invalid_request_error")
     if status >= 500:
-        if status in (501, 505):
+        if status in (501, 505) and verdict != "true":
             return fatal(status, "api_error")  # "not implemented": permanent
         return transient(status, "api_error")
     # 1xx/3xx reaching here means a misconfigured base URL (e.g. a redirect), not a transient fault.
