@@ -23,6 +23,7 @@ from clasp import __version__
 from clasp.config import Config, ConfigError, parse_model_flags
 from clasp.ops.auth import AuthPolicy
 from clasp.ops.logs import AccessLog, DebugLog
+from clasp.ops.memory import IdleTrimmer, resident_bytes
 from clasp.ops.metrics import Metrics
 from clasp.resilience.breaker import CircuitBreaker
 from clasp.resilience.queue import QueueFull, QueueTimeout, RequestQueue
@@ -136,7 +137,8 @@ class App:
         self.metrics.set_sources(
             breakers=(lambda: {name: b.state for name, b in self.breakers.items()}) if self.breakers else None,
             queue=(lambda: {"depth": self.queue.depth(), **self.queue.stats}) if self.queue else None,
-            cache=self.cache.stats if self.cache is not None else None)
+            cache=self.cache.stats if self.cache is not None else None,
+            memory=self._memory_stats)
         stream = log_stream or sys.stderr
         self.secrets = cfg.secrets()
         self.access_log = AccessLog(stream, cfg.log_format, secrets=self.secrets) if cfg.access_log else None
@@ -148,15 +150,39 @@ class App:
         except ValueError as e:
             raise ConfigError(f"CLASP_MODEL_FLAGS: {e}") from None
         self._caps: dict[tuple[str, str], Capabilities] = {}
+        self.trimmer = IdleTrimmer(cfg.memory_trim_after) if cfg.memory_trim_after > 0 else None
+        self._housekeeping: asyncio.Future | None = None
+
+    def _memory_stats(self) -> dict:
+        return {"rss_bytes": resident_bytes(), "trims": self.trimmer.trims if self.trimmer is not None else 0}
 
     async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         await self.client.close()
 
     # ------------------------------------------------------------------ dispatch
 
+    def start(self) -> None:
+        """Start background housekeeping (inside the running event loop)."""
+        if self.trimmer is not None and self._housekeeping is None:
+            self._housekeeping = asyncio.ensure_future(self.trimmer.run())
+
     async def handle(self, req: Request, resp: Responder) -> None:
-        """The server's handler. Every request gets one access line: /v1/messages writes its own
-        (model, tokens, TTFT, cache); everything else, rejections included, is logged here."""
+        """The server's handler."""
+        trimmer = self.trimmer
+        if trimmer is None:
+            return await self._handle(req, resp)
+        trimmer.started()
+        try:
+            await self._handle(req, resp)
+        finally:
+            trimmer.finished()
+
+    async def _handle(self, req: Request, resp: Responder) -> None:
+        """Every request gets one access line: /v1/messages writes its own (model, tokens, TTFT,
+        cache); everything else, rejections included, is logged here."""
         started = self.clock()
         client_id: str | None = None
         cancelled = False

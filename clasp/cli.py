@@ -109,6 +109,7 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (embedded use, tests): the caller sets `stop`
+    app.start()
     host, port = addresses[0]
     log.info("clasp %s listening on http://%s:%s -> %s (%s)", __version__, host, port,
              app.router.primary.name, app.router.primary.default_model or "model from request")

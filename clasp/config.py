@@ -7,6 +7,7 @@ type and default; README.md and clasp.example.toml document the same table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -52,6 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds a client may stop reading a response before it is disconnected"),
     _s("shutdown_timeout", float, 30.0, "CLASP_SHUTDOWN_TIMEOUT", "shutdown-timeout",
        "seconds in-flight requests get to finish on SIGINT/SIGTERM"),
+    _s("memory_trim_after", float, 5.0, "CLASP_MEMORY_TRIM_AFTER", "memory-trim-after",
+       "idle seconds after traffic before freed memory is returned to the OS (glibc; 0 = never)"),
     # provider and models
     _s("provider", str, "openai", "PROVIDER", "provider", "openai, azure, openrouter or custom"),
     _s("model", str, "", ("CLASP_MODEL", "CLASP_DEFAULT_MODEL"), "model", "model for all requests"),
@@ -165,6 +168,7 @@ class Config:
     idle_timeout: float = 75.0
     write_timeout: float = 120.0
     shutdown_timeout: float = 30.0
+    memory_trim_after: float = 5.0
     provider: str = "openai"
     model: str = ""
     model_opus: str = ""
@@ -273,6 +277,8 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError
+        if kind in (int, float) and isinstance(value, str) and not value.isascii():
+            raise ValueError  # int() and float() would read other scripts' digits
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError
@@ -282,7 +288,10 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # "nan" or "inf" seconds would break every timer
+                raise ValueError
+            return number
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError
         return str(value)
@@ -466,6 +475,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be positive")
     if cfg.max_retries < 0 or cfg.queue_max_retries < 0:
         raise ConfigError("retry counts cannot be negative")
+    if cfg.memory_trim_after < 0:
+        raise ConfigError("memory_trim_after cannot be negative (0 turns trimming off)")
 
 
 def usage_text() -> str:

@@ -76,6 +76,11 @@ def test_unknown_file_key_is_an_error_naming_it(tmp_path):
     ([], {"CLASP_QUEUE": "maybe"}, "CLASP_QUEUE"),
     (["-provider", "bogus"], {}, "unknown provider"),
     (["-auth"], {}, "CLASP_AUTH_API_KEY"),
+    (["-read-timeout", "nan"], {}, "invalid float"),
+    ([], {"CLASP_MEMORY_TRIM_AFTER": "inf"}, "CLASP_MEMORY_TRIM_AFTER"),
+    (["-memory-trim-after", "-1"], {}, "memory_trim_after"),
+    (["-port", "\u0668\u0660\u0668\u0660"], {}, "invalid int"),   # Arabic-Indic 8080
+    (["-cache-ttl", "\u0663"], {}, "invalid float"),
 ])
 def test_config_errors(argv, env, match):
     with pytest.raises(ConfigError, match=match):

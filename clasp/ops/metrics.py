@@ -120,6 +120,7 @@ class Metrics:
         self._breaker_source: Callable[[], Mapping[str, Any]] | None = None
         self._queue_source: Callable[[], Any] | None = None
         self._cache_source: Callable[[], Mapping[str, Any]] | None = None
+        self._memory_source: Callable[[], Mapping[str, Any]] | None = None
 
     # ---- sources (pulled at scrape time) -------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Metrics:
         breakers: Callable[[], Mapping[str, Any]] | None = None,
         queue: Callable[[], Any] | None = None,
         cache: Callable[[], Mapping[str, Any]] | None = None,
+        memory: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """Register gauge callbacks; only the ones given are replaced.
 
@@ -137,6 +139,7 @@ class Metrics:
         queue()    -> current depth as int, or a mapping with "depth" (and optionally "max_size", ...).
         cache()    -> mapping with "size", "max_size" and optionally "evictions"
                       (ResponseCache.stats fits). Registering it marks the cache as enabled.
+        memory()   -> mapping with "rss_bytes" (int, or None where unknown) and "trims".
         """
         if breakers is not None:
             self._breaker_source = breakers
@@ -144,6 +147,8 @@ class Metrics:
             self._queue_source = queue
         if cache is not None:
             self._cache_source = cache
+        if memory is not None:
+            self._memory_source = memory
 
     # ---- recording (hot path) ------------------------------------------------------------------
 
@@ -277,6 +282,7 @@ class Metrics:
             "fallbacks": sum(self._fallbacks.values()),
             "circuit_breakers": self._breakers(),
             "queue": {"enabled": False} if queue is None else {"enabled": True, **queue},
+            **({"memory": dict(self._memory_source())} if self._memory_source is not None else {}),
         }
 
     def to_prometheus(self) -> str:
@@ -372,6 +378,14 @@ class Metrics:
             if "max_size" in queue:
                 family("clasp_queue_max_size", "gauge", "Capacity of the request queue.")
                 add(f"clasp_queue_max_size {_num(queue['max_size'])}")
+
+        if self._memory_source is not None:
+            memory = self._memory_source()
+            if memory.get("rss_bytes") is not None:
+                family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+                add(f"process_resident_memory_bytes {_num(memory['rss_bytes'])}")
+            family("clasp_memory_trims_total", "counter", "Times freed memory was returned to the OS when idle.")
+            add(f"clasp_memory_trims_total {_num(memory.get('trims', 0))}")
 
         family("clasp_uptime_seconds", "gauge", "Seconds since the proxy started.")
         add(f"clasp_uptime_seconds {_num(round(self.uptime_s(), 3))}")
