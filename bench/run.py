@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 FIXTURES = Path(os.environ.get("CLASP_FIXTURES", "/work/shared/fixtures/claude-code"))
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TRIM_AFTER_S = 1.0  # -memory-trim-after for the slow-stream proxies (default 5 s)
 ALL = ["whole", "stream", "ttfb", "big", "idle", "slow", "long", "startup"]
 HOST = "127.0.0.1"
 
@@ -180,10 +181,10 @@ def compile_package() -> str:
 
 
 def start_proxy(upstream_port: int, core: str | None, *, entry: list[str] | None = None,
-                workers: int = 1) -> tuple[Proc, int, float]:
+                workers: int = 1, extra: tuple[str, ...] = ()) -> tuple[Proc, int, float]:
     port = free_port()
     entry = entry or [sys.executable, "-m", "clasp"]
-    cmd = [*entry, "-provider", "custom", "-model", "gpt-test", "-port", str(port)]
+    cmd = [*entry, "-provider", "custom", "-model", "gpt-test", "-port", str(port), *extra]
     if workers > 1:
         cmd += ["-workers", str(workers)]
     proc = Proc(pinned(cmd, core), env=proxy_env(upstream_port))
@@ -465,7 +466,8 @@ class Bench:
         # Burst: all requests sent in the same millisecond (worst case: every 50 KB body is
         # buffered at once); ramp: starts spread over 1 s, as when sessions start independently.
         for key, ramp in (("slow", 0.0), ("slow_ramp", 1.0)):
-            fresh, port, _ = start_proxy(self.up_port, self.core_proxy)
+            fresh, port, _ = start_proxy(self.up_port, self.core_proxy,
+                                         extra=("-memory-trim-after", str(TRIM_AFTER_S)))
             try:
                 self.results[key] = self._slow(fresh.pid, port, req, streams, chunks, ramp)
             finally:
@@ -501,9 +503,10 @@ class Bench:
         res, wall = asyncio.run(go())
         ok = sum(1 for r in res if isinstance(r, Result) and r.status == 200 and r.events >= chunks + 4)
         hwm = mem_kib(pid, "VmHWM") if exact_peak else peak[0]
+        time.sleep(TRIM_AFTER_S * 2.5)  # idle: the proxy hands freed memory back to the OS
         return {"streams": streams, "chunks_each": chunks, "interval_ms": 100, "ramp_s": ramp,
                 "completed": ok, "wall_s": wall, "rss_before_mib": before / 1024,
-                "peak_rss_mib": max(hwm, peak[0]) / 1024}
+                "peak_rss_mib": max(hwm, peak[0]) / 1024, "rss_idle_after_mib": mem_kib(pid, "VmRSS") / 1024}
 
     # -- one long stream: memory must stay flat
     def s_long(self) -> None:
@@ -645,6 +648,8 @@ def table(r: dict) -> str:
         if sl:
             row(f"{sl['streams']} slow streams ({how}): completed", "", f"{sl['completed']}/{sl['streams']}", "")
             row(f"{sl['streams']} slow streams ({how}): peak RSS MiB", "", f"{sl['peak_rss_mib']:.1f}", "")
+            row(f"{sl['streams']} slow streams ({how}): RSS once idle MiB", "",
+                f"{sl['rss_idle_after_mib']:.1f}", "")
     lg = r.get("long")
     if lg:
         row(f"{lg['chunks']}-chunk stream: RSS before/peak/after MiB", "",
