@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 FIXTURES = Path(os.environ.get("CLASP_FIXTURES", "/work/shared/fixtures/claude-code"))
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-TRIM_AFTER_S = 1.0  # -memory-trim-after for the slow-stream proxies (default 5 s)
+TRIM_AFTER_S = 1.0  # -memory-trim-after of the measured proxies (default 5 s), to keep runs short
 ALL = ["whole", "stream", "ttfb", "big", "idle", "slow", "long", "startup"]
 HOST = "127.0.0.1"
 
@@ -184,7 +184,8 @@ def start_proxy(upstream_port: int, core: str | None, *, entry: list[str] | None
                 workers: int = 1, extra: tuple[str, ...] = ()) -> tuple[Proc, int, float]:
     port = free_port()
     entry = entry or [sys.executable, "-m", "clasp"]
-    cmd = [*entry, "-provider", "custom", "-model", "gpt-test", "-port", str(port), *extra]
+    cmd = [*entry, "-provider", "custom", "-model", "gpt-test", "-port", str(port),
+           "-memory-trim-after", str(TRIM_AFTER_S), *extra]
     if workers > 1:
         cmd += ["-workers", str(workers)]
     proc = Proc(pinned(cmd, core), env=proxy_env(upstream_port))
@@ -454,7 +455,7 @@ class Bench:
 
     # -- idle RSS after the load so far
     def s_idle(self) -> None:
-        time.sleep(0.3)
+        time.sleep(TRIM_AFTER_S * 2.5)  # idle long enough for the proxy to hand memory back
         self.results["idle_rss_after_load_mib"] = mem_kib(self.proxy.pid, "VmRSS") / 1024
 
     # -- many concurrent slow streams: all complete, peak RSS
@@ -466,8 +467,7 @@ class Bench:
         # Burst: all requests sent in the same millisecond (worst case: every 50 KB body is
         # buffered at once); ramp: starts spread over 1 s, as when sessions start independently.
         for key, ramp in (("slow", 0.0), ("slow_ramp", 1.0)):
-            fresh, port, _ = start_proxy(self.up_port, self.core_proxy,
-                                         extra=("-memory-trim-after", str(TRIM_AFTER_S)))
+            fresh, port, _ = start_proxy(self.up_port, self.core_proxy)
             try:
                 self.results[key] = self._slow(fresh.pid, port, req, streams, chunks, ramp)
             finally:
