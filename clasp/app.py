@@ -25,6 +25,7 @@ from clasp.ops.auth import AuthPolicy
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
 from clasp.ops.metrics import Metrics
+from clasp.redaction import drop_secrets, secret_variants
 from clasp.resilience.breaker import CircuitBreaker
 from clasp.resilience.queue import QueueFull, QueueTimeout, RequestQueue
 from clasp.resilience.retry import RetryPolicy
@@ -141,6 +142,7 @@ class App:
             memory=self._memory_stats)
         stream = log_stream or sys.stderr
         self.secrets = cfg.secrets()
+        self._secret_variants = secret_variants(self.secrets)  # and their JSON-escaped forms
         self.access_log = AccessLog(stream, cfg.log_format, secrets=self.secrets) if cfg.access_log else None
         self.debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, self.secrets)
                           if cfg.debug_log_requests or cfg.debug_log_responses else None)
@@ -488,7 +490,7 @@ class App:
                 self.debug_log.upstream_response(upstream.status, upstream.headers, raw)
             self.metrics.record_upstream_error(target.name, upstream.status)
             return _scrub(map_upstream_error(upstream.status, upstream.headers, raw, target.name, ctx),
-                          self.secrets)
+                          self._secret_variants)
 
         def classify(outcome):
             if isinstance(outcome, ProxyError):
@@ -536,7 +538,7 @@ class App:
                              {}, True) from None
         if "error" in data and not data.get("choices"):
             raise _scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
-                         self.secrets)
+                         self._secret_variants)
         message = translate_response(data, ctx, caps)
         ex.book(message.get("usage", {}), sum(1 for b in message["content"] if b.get("type") == "tool_use"))
         ex.status = 200
@@ -710,11 +712,8 @@ def _invalid(message: str) -> ProxyError:
 
 def _scrub(err: ProxyError, secrets: list[str]) -> ProxyError:
     """Drop configured keys from an upstream error message: some servers echo the key they got."""
-    message = err.message
-    for secret in secrets:
-        if secret in message:
-            message = message.replace(secret, "[redacted]")
-    return err if message is err.message else dataclasses.replace(err, message=message)
+    message = drop_secrets(err.message, secrets)
+    return err if message == err.message else dataclasses.replace(err, message=message)
 
 
 def _transport_kind(exc: UpstreamError) -> str:

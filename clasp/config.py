@@ -241,7 +241,7 @@ class Config:
     sources: tuple = field(default=(), compare=False)  # (name, origin) for settings not at default
 
     def __repr__(self) -> str:  # never show secrets, nor credentials inside URLs
-        from clasp.ops.logs import redact
+        from clasp.redaction import redact
         shown = ", ".join(f"{s.name}={'***' if s.secret and getattr(self, s.name) else getattr(self, s.name)!r}"
                           for s in SETTINGS)
         return redact(f"Config({shown})")

@@ -299,12 +299,15 @@ def test_context_words_in_unrelated_errors_not_rewritten():
         ({"detail": "invalid api_key=3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"}, "3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"),
         ({"error": "bad key: gsk_ABCDEFGHIJKLMNOPQRSTUVWX0123"}, "gsk_ABCDEFGHIJKLMNOPQRSTUVWX0123"),
         ({"error": "API key not valid: AIzaSyA1234567890abcdefghijklmnopqrstu"}, "AIzaSyA1234567890abcdefghijklmnopqrstu"),
+        ({"error": "cannot reach https://svc:s3cretpass@gateway.internal/v1"}, "s3cretpass"),
+        ({"error": "denied: GET /v1/models?alt=sse&key=plainKEYvalue42 failed"}, "plainKEYvalue42"),
+        ({"error": 'upstream got headers {"authorization": "Basic dXNlcjpwYXNz"}'}, "dXNlcjpwYXNz"),
     ],
 )
 def test_secrets_redacted_from_messages(body, secret):
     err = m(401, body)
     assert secret not in err.message
-    assert "[redacted]" in err.message
+    assert "[REDACTED]" in err.message
     status, headers, raw = error_response(err)
     assert secret.encode() not in raw
     assert secret not in repr(err) and secret not in str(err)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from clasp.ops.logs import REDACTED, AccessLog, DebugLog, redact, redact_headers
+from clasp.ops.logs import AccessLog, DebugLog
+from clasp.redaction import REDACTED, redact, redact_headers
 
 PROXY_KEY = "proxy-key-Zq8x"
 UPSTREAM_KEY = "sk-proj-AbCdEf0123456789ghijKLMN"
@@ -54,6 +55,9 @@ def test_redact_json_escaped_secret():
         ("sk-ant-api03-AAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAA"),
         ("GET https://x.googleapis.com/v1/models?alt=sse&key=AIzaSyD-12345", "AIzaSyD-12345"),
         ("https://user:p4ssw0rd@proxy.local:3128", "p4ssw0rd"),
+        ("groq said: bad key gsk_ABCDEFGHIJKLMNOPQRSTUVWX0123", "gsk_ABCDEFGHIJKLMNOPQRSTUVWX0123"),
+        ("API key not valid: AIzaSyA1234567890abcdefghijklmnopqrstu", "AIzaSyA1234567890abcdefghijklmnopqrstu"),
+        ("invalid api_key=3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"),
     ],
 )
 def test_redact_generic_patterns(text, gone):

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from clasp.ops.auth import AuthPolicy
-from clasp.ops.logs import redact
+from clasp.redaction import redact
 from clasp.server.http import HTTPServer, Request, Responder, ServerLimits
 from clasp.upstream.client import ConnectError, ProtocolError, UpstreamClient, UpstreamTimeout, proxy_bypassed
 from harness import Proxy, json_reply, recv_response

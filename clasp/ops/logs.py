@@ -8,86 +8,14 @@ upstream responses and the translated Anthropic responses.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, TextIO, Union
 
-__all__ = ["redact", "redact_headers", "AccessLog", "DebugLog", "REDACTED", "SENSITIVE_HEADERS"]
+from clasp.redaction import QUERY_SECRET_RE, REDACTED, Headers, drop_secrets, redact_headers, redact_variants, \
+    secret_variants
 
-REDACTED = "[REDACTED]"
-
-SENSITIVE_HEADERS = frozenset(
-    ("authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie")
-)
-
-Headers = Union[Mapping[str, str], Iterable["tuple[str, str]"]]
-
-# "authorization": "...", "api_key": "..." etc. inside JSON text (header dumps, config echoes).
-_JSON_SECRET_RE = re.compile(
-    r'("(?:authorization|proxy-authorization|x-api-key|api-key|api_key|apikey|cookie|set-cookie|'
-    r'access_token|refresh_token|client_secret|password)"\s*:\s*)"(?:[^"\\]|\\.)*"',
-    re.IGNORECASE,
-)
-# Header-style "Authorization: ...", "x-api-key = ..." up to the end of the line.
-_HEADER_SECRET_RE = re.compile(
-    r"(?<![\w-])(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie)([ \t]*[:=][ \t]*)"
-    r"(?![ \t]*\[REDACTED\])[^\r\n]+",
-    re.IGNORECASE,
-)
-_BEARER_RE = re.compile(r"\b(Bearer)[ \t]+[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
-# OpenAI (sk-..., sk-proj-...), OpenRouter (sk-or-v1-...), Anthropic (sk-ant-...) style keys.
-_SK_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
-# Keys in URLs: ?key=... (Gemini), api-key=..., sig=... (Azure SAS), and userinfo credentials
-# (user:password@, or a bare token@ as in https://TOKEN@host).
-_QUERY_SECRET_RE = re.compile(
-    r"([?&](?:key|api[-_]?key|apikey|x-api-key|access_token|id_token|token|auth|password|passwd|secret|"
-    r"client_secret|sig|signature|code)=)[^&#\s\"']+", re.IGNORECASE
-)
-_URL_CREDS_RE = re.compile(r"(://)[^/\s@\"'<>?#]+@")
-
-
-def _secret_variants(secrets: Iterable[str]) -> list[str]:
-    """Configured secrets plus their JSON-escaped forms, longest first (a key may contain another)."""
-    out: set[str] = set()
-    for s in secrets:
-        if not s:
-            continue
-        out.add(s)
-        escaped = json.dumps(s)[1:-1]
-        if escaped != s:
-            out.add(escaped)
-    return sorted(out, key=len, reverse=True)
-
-
-def _drop_secrets(text: str, variants: list[str]) -> str:
-    """Configured secrets replaced: cheap substring checks, the common case finds none."""
-    for s in variants:
-        if s in text:
-            text = text.replace(s, REDACTED)
-    return text
-
-
-def _redact(text: str, variants: list[str]) -> str:
-    text = _drop_secrets(text, variants)
-    text = _JSON_SECRET_RE.sub(r'\1"' + REDACTED + '"', text)
-    text = _HEADER_SECRET_RE.sub(r"\1\2" + REDACTED, text)
-    text = _BEARER_RE.sub(r"\1 " + REDACTED, text)
-    text = _SK_RE.sub(REDACTED, text)
-    text = _QUERY_SECRET_RE.sub(r"\1" + REDACTED, text)
-    text = _URL_CREDS_RE.sub(r"\1" + REDACTED + "@", text)
-    return text
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace every configured secret and anything that looks like a credential with [REDACTED]."""
-    return _redact(text, _secret_variants(secrets))
-
-
-def redact_headers(headers: Headers) -> list[tuple[str, str]]:
-    """Header pairs with credential-bearing values replaced (names keep their case)."""
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, REDACTED if k.lower() in SENSITIVE_HEADERS else v) for k, v in items]
+__all__ = ["AccessLog", "DebugLog"]
 
 
 def _logfmt_value(v: Any) -> str:
@@ -133,7 +61,7 @@ class AccessLog:
         self.stream = stream if stream is not None else sys.stderr
         self.fmt = fmt
         self._wall = wall
-        self._secrets = _secret_variants(secrets)
+        self._secrets = secret_variants(secrets)
 
     def __repr__(self) -> str:
         return f"AccessLog(fmt={self.fmt!r}, secrets=<{len(self._secrets)} hidden>)"
@@ -141,7 +69,7 @@ class AccessLog:
     def log(self, **fields: Any) -> None:
         path = fields.get("path")
         if isinstance(path, str) and "=" in path:
-            fields["path"] = _QUERY_SECRET_RE.sub(r"\1" + REDACTED, path)
+            fields["path"] = QUERY_SECRET_RE.sub(r"\1" + REDACTED, path)
         ordered: dict[str, Any] = {"time": _rfc3339_ms(self._wall())}
         for k in _ACCESS_FIELDS:
             if k in fields:
@@ -157,7 +85,7 @@ class AccessLog:
             line = json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), default=str)
         else:
             line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in ordered.items() if v is not None)
-        line = _drop_secrets(line, self._secrets)  # fields rarely hold one, but never leak it
+        line = drop_secrets(line, self._secrets)  # fields rarely hold one, but never leak it
         try:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -187,7 +115,7 @@ class DebugLog:
         self.stream = stream if stream is not None else sys.stderr
         self.requests = bool(requests)
         self.responses = bool(responses)
-        self._secrets = _secret_variants(secrets)
+        self._secrets = secret_variants(secrets)
         self._wall = wall
 
     def __repr__(self) -> str:
@@ -217,7 +145,7 @@ class DebugLog:
             for k, v in redact_headers(headers):
                 parts.append(f"  {k}: {v}")
         parts.append(_body_text(body).rstrip("\n"))  # SSE chunks end in blank lines
-        text = _redact("\n".join(parts), self._secrets)
+        text = redact_variants("\n".join(parts), self._secrets)
         try:
             self.stream.write(text + "\n")
             self.stream.flush()

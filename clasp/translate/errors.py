@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
+from clasp.redaction import redact
+
 if TYPE_CHECKING:  # only for annotations; request.py is owned by the request translator
     from clasp.translate.request import RequestContext
 
@@ -69,32 +71,6 @@ def error_response(err: ProxyError, request_id: str | None = None) -> tuple[int,
 def error_event(err: ProxyError) -> dict:
     """The SSE `error` event payload for a failure after the stream started."""
     return {"type": "error", "error": {"type": err.error_type, "message": err.message}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Secret redaction
-
-_SECRET_PATTERNS = (
-    # Authorization header values echoed back.
-    # (a digit is required so prose such as "Bearer authentication" survives).
-    (re.compile(r"\b(Bearer)\s+(?=[A-Za-z._~+/=-]*\d)[A-Za-z0-9._~+/=-]{8,}", re.I), r"\1 [redacted]"),
-    # Provider key formats: OpenAI/Anthropic/OpenRouter/DeepSeek "sk-...", Groq "gsk_", xAI, NVIDIA, HF.
-    (re.compile(r"\b(?:sk|gsk|xai|nvapi|hf)[-_][A-Za-z0-9][A-Za-z0-9_*-]{15,}"), "[redacted]"),
-    # Google API keys (also show up in echoed ?key= URLs).
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), "[redacted]"),
-    # "api-key: xxx", "api_key=xxx", "x-api-key": "xxx"
-    (
-        re.compile(r"""((?:x-)?api[-_]?key["']?\s*[:=]\s*["']?)[A-Za-z0-9._~+/=-]{8,}""", re.I),
-        r"\1[redacted]",
-    ),
-)
-
-
-def redact(text: str) -> str:
-    """Remove API-key-looking strings (some upstreams echo the key in auth errors)."""
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
 
 
 # ---------------------------------------------------------------------------------------------
