@@ -113,3 +113,24 @@ def test_https_upstream_still_gets_verified_tls():
         lt.stop()
     assert up.url.startswith("https://")
     assert body["content"][0]["text"] == "over tls"
+
+
+def test_https_in_a_process_started_without_tls_is_a_clear_connect_error():
+    """Defence in depth: only reachable through a bug in may_use_tls, but never a bare RuntimeError."""
+    probe = """
+from clasp.cli import import_asyncio
+asyncio = import_asyncio(False)
+from clasp.upstream.client import ConnectError, UpstreamClient
+async def main():
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        await UpstreamClient().request("POST", f"https://127.0.0.1:{port}/v1/chat/completions", [], b"{}")
+    except ConnectError as e:
+        print("ConnectError:", e)
+    srv.close()
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "ConnectError: TLS is not loaded" in out.stdout, out.stderr

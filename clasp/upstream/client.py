@@ -490,6 +490,11 @@ class UpstreamClient:
         if self._ssl_context is None:
             if self._ssl_error is not None:
                 raise ConnectError(self._ssl_error)
+            from asyncio import sslproto
+            if getattr(sslproto, "ssl", True) is None:
+                # clasp.cli imported asyncio without ssl because no configured upstream uses https
+                raise ConnectError("TLS is not loaded in this process (clasp started without it because "
+                                   "no configured upstream uses https): restart clasp")
             import ssl
             try:
                 ctx = ssl.create_default_context(cafile=self._cafile, capath=self._capath)
