@@ -263,3 +263,42 @@ def recv_response(s: socket.socket) -> tuple[int, dict, bytes]:
         rest += chunk
     _LEFTOVER[s] = rest[length:]
     return status, headers, rest[:length]
+
+
+# ------------------------------------------------------------------------------ clasp as a process
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def spawn_clasp(args: list[str], env: dict, timeout: float = 15):
+    """`python -m clasp ARGS -port P` as a user runs it, once GET /health answers: (Popen, P).
+    stdout and stderr are pipes; the caller stops the process and closes them."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    port = free_port()
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home",
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "clasp", *args, "-port", str(port)], env={**base, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"clasp exited: {proc.stderr.read().decode(errors='replace')}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("clasp did not start")
+            time.sleep(0.05)

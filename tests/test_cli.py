@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FakeUpstream, LoopThread, completion, json_reply
+from harness import FakeUpstream, LoopThread, completion, free_port, json_reply, spawn_clasp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,34 +47,14 @@ def test_healthcheck_with_an_invalid_port_is_unhealthy_without_a_traceback(args,
     assert "invalid port" in p.stderr and "Traceback" not in p.stderr
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_lets_in_flight_request_finish_then_exits_0(sig):
     lt = LoopThread()
     slow = json_reply(completion("slow answer"))
     slow.hang = 1.0
     up = FakeUpstream(lt, lambda seen: slow)
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home", "PYTHONPATH": str(ROOT),
-           "CUSTOM_BASE_URL": up.url}
-    proc = subprocess.Popen([sys.executable, "-m", "clasp", "-provider", "custom", "-port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    proc, port = spawn_clasp(["-provider", "custom"], {"CUSTOM_BASE_URL": up.url})
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, proc.stderr.read1(4000) if proc.poll() is not None else "no start"
-                time.sleep(0.05)
         result = {}
 
         def call():

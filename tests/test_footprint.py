@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from clasp.config import load_config
 from clasp.routing.providers import may_use_tls
-from harness import FakeUpstream, LoopThread, completion, json_reply
+from harness import FakeUpstream, LoopThread, completion, json_reply, spawn_clasp
 
 ROOT = Path(__file__).resolve().parent.parent
 CA = str(ROOT / "tests" / "certs" / "ca.pem")
@@ -48,31 +46,10 @@ def test_tls_is_needed_when_any_reachable_upstream_is_https(argv, env, expected)
     assert may_use_tls(cfg) is expected
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _serve_one_request(upstream_url: str, extra_env: dict) -> tuple[dict, str]:
     """Start `python -m clasp` for `upstream_url`, send one message; returns (response, /proc maps)."""
-    port = _free_port()
-    env = {"PATH": os.environ.get("PATH", ""), **NOHOME, "PYTHONPATH": str(ROOT),
-           "CUSTOM_BASE_URL": upstream_url, **extra_env}
-    proc = subprocess.Popen([sys.executable, "-m", "clasp", "-provider", "custom", "-port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
+    proc, port = spawn_clasp(["-provider", "custom"], {"CUSTOM_BASE_URL": upstream_url, **extra_env})
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "clasp did not start"
-                time.sleep(0.05)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", method="POST", data=json.dumps(
             {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
         ).encode(), headers={"content-type": "application/json"})
@@ -82,6 +59,7 @@ def _serve_one_request(upstream_url: str, extra_env: dict) -> tuple[dict, str]:
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
         proc.stderr.close()
 
 
