@@ -23,6 +23,8 @@ from clasp.upstream.client import (  # noqa: E402
     proxy_bypassed,
 )
 
+from harness import free_port  # noqa: E402
+
 CERTS = os.path.join(os.path.dirname(__file__), "certs")
 CA = os.path.join(CERTS, "ca.pem")
 
@@ -132,14 +134,6 @@ def server_ssl_context() -> ssl.SSLContext:
     ctx.load_cert_chain(os.path.join(CERTS, "server.pem"), os.path.join(CERTS, "server.key"))
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --------------------------------------------------------------------------- basic responses

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FakeUpstream, LoopThread, completion, json_reply
+from harness import FakeUpstream, LoopThread, completion, free_port, json_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -183,12 +183,6 @@ def test_archive_imports_only_the_standard_library(pyz: Path, python: str, tmp_p
     assert result["bad"] == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 15) -> float:
     start = time.monotonic()
     while True:
@@ -263,7 +257,7 @@ def test_builder_stage_works_from_the_docker_context(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_zipapp_serves_a_request(pyz: Path, python: str, upstream: FakeUpstream, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     entry = _image_command(_dockerfile_exec("ENTRYPOINT"), python, pyz)
     health = _image_command(_dockerfile_exec("HEALTHCHECK"), python, pyz)
     # The image's environment, except that tests listen on loopback only.
