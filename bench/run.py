@@ -4,6 +4,7 @@
     python3 bench/run.py                  # everything (a few minutes)
     python3 bench/run.py --quick          # smaller counts (about half a minute)
     python3 bench/run.py --scenarios whole,stream --json
+    python3 bench/run.py --peer "NAME=COMMAND with {port} {upstream} {tmp}"   # side by side
 
 Starts bench/fake_upstream.py and the proxy (``python -m clasp -provider custom``) as
 subprocesses, pinned to different cores with taskset when it exists (the proxy on one core, the
@@ -16,6 +17,11 @@ Scenarios: whole (non-streaming 50 KB Claude Code request at concurrency 1/16/64
 (relayed events), ttfb, big (1 MB request), slow (500 concurrent slow streams, peak RSS),
 long (one 10,000-chunk stream, RSS flat), startup (zipapp start-up to listening), workers
 (-workers 2 vs 1 throughput; not in the default set).
+
+--peer NAME=COMMAND (repeatable) also runs the same scenarios, on the same fake upstream and core,
+against another proxy that serves the Anthropic /v1/messages API (see bench/README.md and
+bench/peers/): its CPU and memory are summed over its whole process tree, and a scenario it
+fails shows as failed in a side-by-side table instead of stopping the run.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import asyncio
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -55,10 +62,32 @@ def cores() -> tuple[str | None, str | None]:
     return str(cpus[0]), str(cpus[1])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid: children of all its threads, their children, and so on."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(x) for x in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.append(k)
+                    todo.append(k)
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process (and of its live worker children)."""
+    """utime+stime summed over pid and its live descendants (workers, a peer's helpers)."""
     total = 0.0
-    for p in [pid, *children(pid)]:
+    for p in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -67,17 +96,10 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def mem_kib(pid: int, field: str) -> int:
-    """VmRSS / VmHWM in KiB (summed over worker children when there are any)."""
+    """VmRSS / VmHWM in KiB summed over pid and its descendants (shared pages count in each)."""
     total = 0
-    for p in children(pid) or [pid]:
+    for p in [pid, *descendants(pid)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith(field + ":"):
@@ -87,10 +109,10 @@ def mem_kib(pid: int, field: str) -> int:
     return total
 
 
-async def sample_rss(pid: int, peak: list, interval: float) -> None:
-    """Keep peak[0] at the highest VmRSS seen (KiB) until cancelled."""
+async def sample_rss(rss, peak: list, interval: float) -> None:
+    """Keep peak[0] at the highest rss() seen (VmRSS in KiB) until cancelled."""
     while True:
-        peak[0] = max(peak[0], mem_kib(pid, "VmRSS"))
+        peak[0] = max(peak[0], rss())
         await asyncio.sleep(interval)
 
 
@@ -109,8 +131,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> float:
-    """Seconds until a TCP connect to port succeeds (polled every 2 ms)."""
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0, poll: float = 0.002) -> float:
+    """Seconds until a TCP connect to port succeeds (polled every 2 ms by default)."""
     start = time.perf_counter()
     while True:
         try:
@@ -121,7 +143,7 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
                 raise RuntimeError(f"process exited with {proc.returncode} before listening")
             if time.perf_counter() - start > timeout:
                 raise RuntimeError(f"nothing listening on {port} after {timeout}s")
-            time.sleep(0.002)
+            time.sleep(poll)
 
 
 def pinned(cmd: list[str], core: str | None) -> list[str]:
@@ -129,22 +151,42 @@ def pinned(cmd: list[str], core: str | None) -> list[str]:
 
 
 class Proc:
-    def __init__(self, cmd: list[str], env: dict | None = None) -> None:
+    """A subprocess in its own session. With `log` (peers), its output goes to that file instead
+    of pipes nobody reads, and stop() signals its whole process group (workers included)."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, log: Path | None = None) -> None:
         self.started = time.perf_counter()
-        # cwd=ROOT: `python -m clasp` puts the working directory first on sys.path, so run from
-        # elsewhere it could benchmark another checkout's clasp instead of this one
-        self.p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  start_new_session=True, cwd=ROOT)
+        self.group = log is not None
+        if log is not None:
+            with open(log, "wb") as out:
+                self.p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        else:
+            # cwd=ROOT: `python -m clasp` puts the working directory first on sys.path, so run from
+            # elsewhere it could benchmark another checkout's clasp instead of this one
+            self.p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      start_new_session=True, cwd=ROOT)
         self.pid = self.p.pid  # taskset execs the program: same pid
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if self.group:
+                os.killpg(self.pid, sig)
+            else:
+                self.p.send_signal(sig)
+        except OSError:
+            pass
 
     def stop(self) -> None:
         if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
-                self.p.wait(5)
+                self.p.wait(10 if self.group else 5)
             except subprocess.TimeoutExpired:
-                self.p.kill()
+                self._signal(signal.SIGKILL)
                 self.p.wait(5)
+        if self.group:
+            self._signal(signal.SIGKILL)  # anything of the peer's left in its group
         for f in (self.p.stdout, self.p.stderr):
             if f:
                 f.close()
@@ -253,10 +295,14 @@ def targets(req: dict, proxy_port: int, up_port: int) -> tuple[Target, Target]:
 # --------------------------------------------------------------------------- load generator
 
 class Result:
-    __slots__ = ("status", "latency", "ttfb", "events", "nbytes")
+    """One response: ttfb is the time to the response head, first_event to the first body chunk
+    of a chunked (streamed) response; status 0 with `error` when the request itself failed."""
+    __slots__ = ("status", "latency", "ttfb", "events", "nbytes", "first_event", "error")
 
-    def __init__(self, status: int, latency: float, ttfb: float, events: int, nbytes: int) -> None:
+    def __init__(self, status: int, latency: float, ttfb: float, events: int, nbytes: int,
+                 first_event: float | None = None, error: str | None = None) -> None:
         self.status, self.latency, self.ttfb, self.events, self.nbytes = status, latency, ttfb, events, nbytes
+        self.first_event, self.error = first_event, error
 
 
 class Conn:
@@ -286,15 +332,22 @@ class Conn:
             k, _, v = line.partition(":")
             hdrs[k] = v.strip()
         events = nbytes = 0
+        first = None
         if hdrs.get("transfer-encoding") == "chunked":
+            last_nl = False  # an event's blank line may straddle two chunks
             while True:
                 size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
                 if size == 0:
                     await reader.readuntil(b"\r\n")
                     break
-                data = await reader.readexactly(size + 2)
+                data = (await reader.readexactly(size + 2))[:-2]
+                if first is None:
+                    first = time.perf_counter() - t0
+                if b"\r" in data:  # SSE allows CRLF line ends
+                    data = data.replace(b"\r\n", b"\n")
                 nbytes += size
-                events += data.count(b"\n\n")
+                events += data.count(b"\n\n") + (last_nl and data[:1] == b"\n")
+                last_nl = data[-1:] == b"\n"
         else:
             n = int(hdrs.get("content-length", "0"))
             if n:
@@ -302,26 +355,43 @@ class Conn:
             nbytes = n
         if hdrs.get("connection") == "close":
             self.close()
-        return Result(status, time.perf_counter() - t0, ttfb, events, nbytes)
+        return Result(status, time.perf_counter() - t0, ttfb, events, nbytes, first)
 
     def close(self) -> None:
         self.writer.close()
 
 
-async def load(target: Target, raw: bytes, concurrency: int, total: int) -> tuple[list[Result], float]:
-    """`total` requests over `concurrency` keep-alive connections; returns results and wall time."""
+async def load(target: Target, raw: bytes, concurrency: int, total: int,
+               timeout: float | None = None) -> tuple[list[Result], float]:
+    """`total` requests over `concurrency` keep-alive connections; returns results and wall time.
+    A request that fails (reset, bad response) is a Result with status 0 and the connection is
+    reopened; after `timeout` seconds the rest is abandoned (fewer results than `total`)."""
     conns = [await Conn.open(target.port) for _ in range(concurrency)]
     left = [total]
     results: list[Result] = []
 
-    async def worker(c: Conn) -> None:
+    async def worker(c: Conn | None) -> None:
         while left[0] > 0:
             left[0] -= 1
-            results.append(await c.call(raw))
+            t0 = time.perf_counter()
+            try:
+                if c is None or c.writer.is_closing():  # after a failure, or `connection: close`
+                    c = await Conn.open(target.port)
+                results.append(await c.call(raw))
+            except Exception as e:  # noqa: BLE001 -- any failure of one request is a result
+                results.append(Result(0, time.perf_counter() - t0, 0.0, 0, 0, None, f"{type(e).__name__}: {e}"[:200]))
+                if c is not None:
+                    c.close()
+                c = None
+        if c is not None:
+            c.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
+    tasks = [asyncio.ensure_future(worker(c)) for c in conns]
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
     wall = time.perf_counter() - t0
+    for t in pending:
+        t.cancel()
     for c in conns:
         c.close()
     return results, wall
@@ -333,12 +403,79 @@ def pct(values: list[float], p: float) -> float:
 
 
 def check(results: list[Result], what: str) -> None:
-    bad = [r.status for r in results if r.status != 200]
+    bad = [r for r in results if r.status != 200]
     if bad:
-        raise RuntimeError(f"{what}: {len(bad)} non-200 responses (first {bad[0]})")
+        raise RuntimeError(f"{what}: {len(bad)} non-200 responses (first {bad[0].error or bad[0].status})")
 
 
 # --------------------------------------------------------------------------- scenarios
+
+class Subject:
+    """A proxy under test (clasp, or a peer given with --peer); CPU time and memory are read over
+    its whole process tree (workers, wrappers)."""
+
+    def __init__(self, name: str, proc: Proc, port: int, listen_s: float = 0.0, peer: bool = False,
+                 tmp: str | None = None) -> None:
+        self.name, self.proc, self.port, self.listen_s, self.peer, self.tmp = name, proc, port, listen_s, peer, tmp
+        self.pid = proc.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def mem(self, field: str) -> int:
+        return mem_kib(self.pid, field)
+
+    def reset_peak(self) -> bool:
+        return all([reset_peak(p) for p in [self.pid, *descendants(self.pid)]])
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines a peer wrote (its output goes to a file in its {tmp} directory)."""
+        if not self.tmp:
+            return ""
+        try:
+            text = (Path(self.tmp) / PEER_LOG).read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        return " | ".join(tail)[-400:]
+
+
+class Peer:
+    """--peer NAME=COMMAND: COMMAND is split like a shell would (shlex, no shell runs it) and
+    {port}, {upstream} (the fake upstream's base URL, http://127.0.0.1:PORT/v1) and {tmp} (a fresh
+    directory per start, removed after the peer stops) are filled in at each start."""
+
+    def __init__(self, spec: str) -> None:
+        name, sep, command = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not command.strip():
+            raise ValueError(f"--peer wants NAME=COMMAND, got {spec!r}")
+        if name in ("clasp", "direct", "proxy"):
+            raise ValueError(f"--peer name {name!r} is taken")
+        if "{port}" not in command:
+            raise ValueError(f"--peer {name}: the command must contain {{port}} (where the peer listens)")
+        self.name, self.command = name, command
+        self.argv = shlex.split(command)
+
+    def argv_for(self, port: int, upstream: str, tmp: str) -> list[str]:
+        out = []
+        for a in self.argv:
+            for k, v in (("{port}", str(port)), ("{upstream}", upstream), ("{tmp}", tmp)):
+                a = a.replace(k, v)
+            out.append(a)
+        return out
+
+
+PEER_LOG = "bench-peer.log"
+PEER_SETTLE_S = 1.0  # a peer's idle RSS at start is read this long after it listens
+
+
+def peer_env() -> dict:
+    env = dict(os.environ)
+    for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(k, None)
+    return env
+
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -349,6 +486,8 @@ class Bench:
         self.req = load_request()
         self.up: Proc | None = None
         self.proxy: Proc | None = None
+        self.peers = [Peer(s) for s in getattr(args, "peer", None) or []]
+        self.live: list[Subject] = []  # running peers, stopped on exit whatever happens
         self.results: dict = {"machine": machine(), "pinned": self.core_proxy is not None}
 
     def n(self, full: int, quick: int, smoke: int | None = None) -> int:
@@ -362,11 +501,14 @@ class Bench:
             os.sched_setaffinity(0, {int(self.core_up)})  # load generator shares the upstream's core
         self.up, self.up_port = start_upstream(self.core_up)
         self.proxy, self.port, self.listen_s = start_proxy(self.up_port, self.core_proxy)
+        self.clasp = Subject("clasp", self.proxy, self.port, self.listen_s)
         time.sleep(0.2)
         self.results["idle_rss_start_mib"] = mem_kib(self.proxy.pid, "VmRSS") / 1024
         return self
 
     def __exit__(self, *exc) -> None:
+        for s in list(self.live):
+            self.stop_peer(s)
         for p in (self.proxy, self.up):
             if p is not None:
                 p.stop()
@@ -374,51 +516,125 @@ class Bench:
     def run(self, name: str) -> None:
         getattr(self, "s_" + name)()
 
+    # -- shared by clasp and the peers
+
+    def proxy_target(self, req: dict, port: int) -> Target:
+        body = json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode()
+        return Target("proxy", port, http_request("/v1/messages", body, port))
+
+    def timed(self, subj: Subject | None, t: Target, conc: int, total: int) -> tuple[list[Result], float, float]:
+        """Run a load; returns results, wall time and the subject's CPU seconds meanwhile."""
+        timeout = self.args.peer_timeout if subj is not None and subj.peer else None
+        cpu0 = subj.cpu() if subj else 0.0
+        res, wall = asyncio.run(load(t, t.raw, conc, total, timeout))
+        return res, wall, (subj.cpu() - cpu0 if subj else 0.0)
+
+    def judge(self, subj: Subject | None, res: list[Result], total: int, what: str, min_events: int = 0) -> dict:
+        """{} when every request got a 200 (a stream: with at least min_events events). Otherwise
+        clasp and the direct baseline stop the run, as ever; a peer gets the failure recorded."""
+        ok = sum(1 for r in res if r.status == 200 and r.events >= min_events)
+        if ok == total:
+            return {}
+        bad = next((r for r in res if r.status != 200 or r.events < min_events), None)
+        if bad is None:
+            first = f"timed out after {self.args.peer_timeout:.0f} s"
+        elif bad.status != 200:
+            first = bad.error or f"HTTP {bad.status}"
+        else:
+            first = f"HTTP 200 with only {bad.events} events"
+        msg = f"{total - ok}/{total} failed (first: {first})"
+        if subj is None or not subj.peer:
+            raise RuntimeError(f"{what}: {msg}")
+        return {"failed": msg, "ok": ok, "requests": total}
+
+    def warm(self, subj: Subject, t: Target, raw: bytes, conc: int, total: int) -> None:
+        timeout = min(60.0, self.args.peer_timeout) if subj.peer else None
+        asyncio.run(load(t, raw, conc, total, timeout))
+
+    def whole_plan(self) -> list[tuple[int, int]]:
+        return [(c, self.n({1: 1500, 16: 3000, 64: 3000}[c], {1: 300, 16: 600, 64: 600}[c], 40))
+                for c in ((1, 16, 64) if not self.smoke else (1, 16))]
+
+    def whole_cell(self, subj: Subject | None, t: Target, conc: int, total: int) -> dict:
+        res, wall, cpu = self.timed(subj, t, conc, total)
+        out = self.judge(subj, res, total, f"whole {t.name} c={conc}")
+        lat = [r.latency for r in res if r.status == 200]
+        out.update(rps=total / wall, p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3)
+        if subj is not None:
+            out["cpu_s_per_1000"] = cpu / total * 1000
+        return out
+
+    def stream_plan(self) -> tuple[int, list[tuple[int, int]]]:
+        return self.n(1000, 500, 100), [(c, self.n(20 if c == 1 else 64, 8 if c == 1 else 32, 4)) for c in (1, 16)]
+
+    def stream_cell(self, subj: Subject | None, t: Target, conc: int, total: int, chunks: int) -> dict:
+        res, wall, cpu = self.timed(subj, t, conc, total)
+        out = self.judge(subj, res, total, f"stream {t.name}", min_events=chunks)
+        events = sum(r.events for r in res)
+        out.update(events=events, events_per_s=events / wall)
+        if subj is not None:
+            relayed = chunks * total  # upstream content chunks, each relayed as one event
+            out["cpu_us_per_event"] = cpu / relayed * 1e6
+        return out
+
+    def ttfb_cell(self, subj: Subject | None, t: Target, total: int) -> dict:
+        res, _, _ = self.timed(subj, t, 1, total)
+        out = self.judge(subj, res, total, f"ttfb {t.name}", min_events=5)
+        ok = [r for r in res if r.status == 200]
+        first = [r.first_event for r in ok if r.first_event is not None]
+        out.update(ttfb_p50_ms=pct([r.ttfb for r in ok], 50) * 1e3, ttfb_p99_ms=pct([r.ttfb for r in ok], 99) * 1e3,
+                   total_p50_ms=pct([r.latency for r in ok], 50) * 1e3, first_event_p50_ms=pct(first, 50) * 1e3)
+        return out
+
+    def big_cell(self, subj: Subject | None, t: Target, total: int) -> dict:
+        res, _, cpu = self.timed(subj, t, 1, total)
+        out = self.judge(subj, res, total, f"big {t.name}")
+        out["p50_ms"] = pct([r.latency for r in res if r.status == 200], 50) * 1e3
+        if subj is not None:
+            out["cpu_ms_per_request"] = cpu / total * 1e3
+        return out
+
     # -- non-streaming 50 KB requests at concurrency 1 / 16 / 64
     def s_whole(self) -> None:
         req = with_marker(self.req, stream=False)
         proxy, direct = targets(req, self.port, self.up_port)
         asyncio.run(load(proxy, proxy.raw, 4, self.n(200, 50, 10)))  # warm-up (imports, caches, pool)
         rows = []
-        for conc in ((1, 16, 64) if not self.smoke else (1, 16)):
-            total = self.n({1: 1500, 16: 3000, 64: 3000}[conc], {1: 300, 16: 600, 64: 600}[conc], 40)
-            row: dict = {"concurrency": conc, "requests": total}
-            for t in (direct, proxy):
-                cpu0 = cpu_seconds(self.proxy.pid)
-                res, wall = asyncio.run(load(t, t.raw, conc, total))
-                cpu = cpu_seconds(self.proxy.pid) - cpu0
-                check(res, f"whole {t.name} c={conc}")
-                lat = [r.latency for r in res]
-                row[t.name] = {"rps": total / wall, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
-                if t is proxy:
-                    row[t.name]["cpu_s_per_1000"] = cpu / total * 1000
+        for conc, total in self.whole_plan():
+            row: dict = {"concurrency": conc, "requests": total,
+                         "direct": self.whole_cell(None, direct, conc, total),
+                         "proxy": self.whole_cell(self.clasp, proxy, conc, total)}
             row["added_p50_ms"] = row["proxy"]["p50_ms"] - row["direct"]["p50_ms"]
             row["rps_ratio"] = row["proxy"]["rps"] / row["direct"]["rps"]
             rows.append(row)
         self.results["whole"] = rows
 
+    def p_whole(self, subj: Subject, peer: Peer) -> dict:
+        t = self.proxy_target(with_marker(self.req, stream=False), subj.port)
+        self.warm(subj, t, t.raw, 4, self.n(200, 50, 10))
+        return {"whole": {f"c{conc}": {"concurrency": conc, **self.whole_cell(subj, t, conc, total)}
+                          for conc, total in self.whole_plan()}}
+
     # -- relayed stream events (one upstream write per event)
     def s_stream(self) -> None:
-        chunks = self.n(1000, 500, 100)
+        chunks, plan = self.stream_plan()
         req = with_marker(self.req, stream=True, chunks=chunks)
         proxy, direct = targets(req, self.port, self.up_port)
         asyncio.run(load(proxy, proxy.raw, 2, 4))
-        out = {"chunks_per_stream": chunks}
-        for conc in (1, 16):
-            total = self.n(20 if conc == 1 else 64, 8 if conc == 1 else 32, 4)
-            row: dict = {}
-            for t in (direct, proxy):
-                cpu0 = cpu_seconds(self.proxy.pid)
-                res, wall = asyncio.run(load(t, t.raw, conc, total))
-                cpu = cpu_seconds(self.proxy.pid) - cpu0
-                check(res, f"stream {t.name}")
-                events = sum(r.events for r in res)
-                row[t.name] = {"events": events, "events_per_s": events / wall}
-                if t is proxy:
-                    relayed = chunks * total  # upstream content chunks, each relayed as one event
-                    row[t.name]["cpu_us_per_event"] = cpu / relayed * 1e6
-            out[f"c{conc}"] = row
+        out: dict = {"chunks_per_stream": chunks}
+        for conc, total in plan:
+            out[f"c{conc}"] = {"direct": self.stream_cell(None, direct, conc, total, chunks),
+                               "proxy": self.stream_cell(self.clasp, proxy, conc, total, chunks)}
         self.results["stream"] = out
+
+    def p_stream(self, subj: Subject, peer: Peer) -> dict:
+        chunks, plan = self.stream_plan()
+        t = self.proxy_target(with_marker(self.req, stream=True, chunks=chunks), subj.port)
+        self.warm(subj, t, t.raw, 2, 4)
+        out: dict = {"chunks_per_stream": chunks}
+        for conc, total in plan:
+            out[f"c{conc}"] = self.stream_cell(subj, t, conc, total, chunks)
+        return {"stream": out}
 
     # -- time to first byte, concurrency 1
     def s_ttfb(self) -> None:
@@ -426,15 +642,14 @@ class Bench:
         proxy, direct = targets(req, self.port, self.up_port)
         asyncio.run(load(proxy, proxy.raw, 1, 10))
         total = self.n(500, 150, 20)
-        out = {}
-        for t in (direct, proxy):
-            res, _ = asyncio.run(load(t, t.raw, 1, total))
-            check(res, f"ttfb {t.name}")
-            out[t.name] = {"ttfb_p50_ms": pct([r.ttfb for r in res], 50) * 1e3,
-                           "ttfb_p99_ms": pct([r.ttfb for r in res], 99) * 1e3,
-                           "total_p50_ms": pct([r.latency for r in res], 50) * 1e3}
+        out = {"direct": self.ttfb_cell(None, direct, total), "proxy": self.ttfb_cell(self.clasp, proxy, total)}
         out["added_ttfb_p50_ms"] = out["proxy"]["ttfb_p50_ms"] - out["direct"]["ttfb_p50_ms"]
         self.results["ttfb"] = out
+
+    def p_ttfb(self, subj: Subject, peer: Peer) -> dict:
+        t = self.proxy_target(with_marker(self.req, stream=True, chunks=5), subj.port)
+        self.warm(subj, t, t.raw, 1, 10)
+        return {"ttfb": self.ttfb_cell(subj, t, self.n(500, 150, 20))}
 
     # -- 1 MB request body
     def s_big(self) -> None:
@@ -442,95 +657,144 @@ class Bench:
         proxy, direct = targets(req, self.port, self.up_port)
         asyncio.run(load(proxy, proxy.raw, 1, 3))
         total = self.n(40, 15, 3)
-        out: dict = {"body_bytes": len(proxy.raw)}
-        for t in (direct, proxy):
-            cpu0 = cpu_seconds(self.proxy.pid)
-            res, _ = asyncio.run(load(t, t.raw, 1, total))
-            cpu = cpu_seconds(self.proxy.pid) - cpu0
-            check(res, f"big {t.name}")
-            out[t.name] = {"p50_ms": pct([r.latency for r in res], 50) * 1e3}
-            if t is proxy:
-                out[t.name]["cpu_ms_per_request"] = cpu / total * 1e3
-        self.results["big"] = out
+        self.results["big"] = {"body_bytes": len(proxy.raw), "direct": self.big_cell(None, direct, total),
+                               "proxy": self.big_cell(self.clasp, proxy, total)}
+
+    def p_big(self, subj: Subject, peer: Peer) -> dict:
+        t = self.proxy_target(with_marker(self.req, stream=False, pad=1_000_000), subj.port)
+        self.warm(subj, t, t.raw, 1, 3)
+        return {"big": self.big_cell(subj, t, self.n(40, 15, 3))}
 
     # -- idle RSS after the load so far
     def s_idle(self) -> None:
         time.sleep(TRIM_AFTER_S * 2.5)  # idle long enough for the proxy to hand memory back
         self.results["idle_rss_after_load_mib"] = mem_kib(self.proxy.pid, "VmRSS") / 1024
 
+    def p_idle(self, subj: Subject, peer: Peer) -> dict:
+        time.sleep(TRIM_AFTER_S * 2.5)  # the same wait as clasp's
+        return {"idle": {"rss_after_load_mib": subj.mem("VmRSS") / 1024}}
+
     # -- many concurrent slow streams: all complete, peak RSS
-    def s_slow(self) -> None:
+    def slow_plan(self) -> tuple[int, int, dict]:
         streams = self.n(500, 200, 50)
         chunks = self.n(20, 10, 5)
-        req = with_marker(self.req, stream=True, chunks=chunks, delay_ms=100)
+        return streams, chunks, with_marker(self.req, stream=True, chunks=chunks, delay_ms=100)
+
+    def s_slow(self) -> None:
+        streams, chunks, req = self.slow_plan()
         # A fresh proxy: the peak must not depend on what earlier scenarios left in its heap.
         # Burst: all requests sent in the same millisecond (worst case: every 50 KB body is
         # buffered at once); ramp: starts spread over 1 s, as when sessions start independently.
         for key, ramp in (("slow", 0.0), ("slow_ramp", 1.0)):
             fresh, port, _ = start_proxy(self.up_port, self.core_proxy)
             try:
-                self.results[key] = self._slow(fresh.pid, port, req, streams, chunks, ramp)
+                self.results[key] = self._slow(Subject("clasp", fresh, port), req, streams, chunks, ramp)
             finally:
                 fresh.stop()
 
-    def _slow(self, pid: int, port: int, req: dict, streams: int, chunks: int, ramp: float) -> dict:
-        proxy, _ = targets(req, port, self.up_port)
-        asyncio.run(load(proxy, with_marker_raw(self.req, port, 2), 1, 1))  # warm-up
-        exact_peak = reset_peak(pid)
-        before = mem_kib(pid, "VmRSS")
+    def p_slow(self, subj: Subject, peer: Peer) -> dict:
+        streams, chunks, req = self.slow_plan()
+        out: dict = {}
+        for key, ramp in (("slow", 0.0), ("slow_ramp", 1.0)):
+            fresh = None
+            try:
+                fresh = self.start_peer(peer)
+                time.sleep(PEER_SETTLE_S)
+                out[key] = self._slow(fresh, req, streams, chunks, ramp)
+            except Exception as e:  # noqa: BLE001 -- recorded, shown as failed
+                out[key] = {"error": self.describe(e, fresh)}
+            finally:
+                if fresh is not None:
+                    self.stop_peer(fresh)
+        return out
+
+    def _slow(self, subj: Subject, req: dict, streams: int, chunks: int, ramp: float) -> dict:
+        port = subj.port
+        proxy = self.proxy_target(req, port)
+        self.warm(subj, proxy, with_marker_raw(self.req, port, 2), 1, 1)
+        exact_peak = subj.reset_peak()
+        before = subj.mem("VmRSS")
         peak = [before]
+        timeout = self.args.peer_timeout if subj.peer else None
 
         async def go():
-            sampler = asyncio.ensure_future(sample_rss(pid, peak, 0.05))
+            sampler = asyncio.ensure_future(sample_rss(lambda: subj.mem("VmRSS"), peak, 0.05))
             # open connections in batches: a 500-connection burst can overflow a small accept backlog
-            conns = []
+            conns: list = []
             for i in range(0, streams, 50):
-                conns += await asyncio.gather(*(Conn.open(port) for _ in range(min(50, streams - i))))
+                conns += await asyncio.gather(*(Conn.open(port) for _ in range(min(50, streams - i))),
+                                              return_exceptions=True)
             t0 = time.perf_counter()
 
-            async def one(i: int, c: Conn) -> Result:
+            async def one(i: int, c) -> Result:
+                if isinstance(c, BaseException):
+                    raise c
                 if ramp:
                     await asyncio.sleep(ramp * i / streams)
                 return await c.call(proxy.raw)
 
-            res = await asyncio.gather(*(one(i, c) for i, c in enumerate(conns)), return_exceptions=True)
+            tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(conns)]
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
             wall = time.perf_counter() - t0
+            for t in pending:
+                t.cancel()
             sampler.cancel()
             for c in conns:
-                c.close()
+                if isinstance(c, Conn):
+                    c.close()
+            res = [(t.exception() or t.result()) if t in done else TimeoutError(f"not done after {timeout} s")
+                   for t in tasks]
             return res, wall
 
         res, wall = asyncio.run(go())
-        ok = sum(1 for r in res if isinstance(r, Result) and r.status == 200 and r.events >= chunks + 4)
-        hwm = mem_kib(pid, "VmHWM") if exact_peak else peak[0]
+        good = [isinstance(r, Result) and r.status == 200 and r.events >= chunks + 4 for r in res]
+        ok = sum(good)
+        hwm = subj.mem("VmHWM") if exact_peak else peak[0]
         time.sleep(TRIM_AFTER_S * 2.5)  # idle: the proxy hands freed memory back to the OS
-        return {"streams": streams, "chunks_each": chunks, "interval_ms": 100, "ramp_s": ramp,
-                "completed": ok, "wall_s": wall, "rss_before_mib": before / 1024,
-                "peak_rss_mib": max(hwm, peak[0]) / 1024, "rss_idle_after_mib": mem_kib(pid, "VmRSS") / 1024}
+        out = {"streams": streams, "chunks_each": chunks, "interval_ms": 100, "ramp_s": ramp,
+               "completed": ok, "wall_s": wall, "rss_before_mib": before / 1024,
+               "peak_rss_mib": max(hwm, peak[0]) / 1024, "rss_idle_after_mib": subj.mem("VmRSS") / 1024}
+        if ok < streams:
+            r = next(r for r, g in zip(res, good) if not g)
+            out["first_failure"] = (f"{type(r).__name__}: {r}"[:200] if isinstance(r, BaseException)
+                                    else f"HTTP {r.status}, {r.events} events")
+        return out
 
     # -- one long stream: memory must stay flat
     def s_long(self) -> None:
+        self.results["long"] = self._long(self.clasp)
+
+    def p_long(self, subj: Subject, peer: Peer) -> dict:
+        return {"long": self._long(subj)}
+
+    def _long(self, subj: Subject) -> dict:
         chunks = self.n(10000, 10000, 2000)
         req = with_marker(self.req, stream=True, chunks=chunks)
-        proxy, _ = targets(req, self.port, self.up_port)
-        pid = self.proxy.pid
-        asyncio.run(load(proxy, with_marker_raw(self.req, self.port, 100), 1, 1))  # warm the path
-        before = mem_kib(pid, "VmRSS")
+        proxy = self.proxy_target(req, subj.port)
+        self.warm(subj, proxy, with_marker_raw(self.req, subj.port, 100), 1, 1)  # warm the path
+        before = subj.mem("VmRSS")
         peak = [before]
+        timeout = self.args.peer_timeout if subj.peer else None
 
         async def go():
-            sampler = asyncio.ensure_future(sample_rss(pid, peak, 0.02))
-            c = await Conn.open(self.port)
-            r = await c.call(proxy.raw)
-            sampler.cancel()
-            c.close()
-            return r
+            sampler = asyncio.ensure_future(sample_rss(lambda: subj.mem("VmRSS"), peak, 0.02))
+            c = await Conn.open(subj.port)
+            try:
+                return await asyncio.wait_for(c.call(proxy.raw), timeout)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"stream not complete after {timeout:.0f} s") from None
+            finally:
+                sampler.cancel()
+                c.close()
 
         r = asyncio.run(go())
         time.sleep(0.1)
-        after = mem_kib(pid, "VmRSS")
-        self.results["long"] = {"chunks": chunks, "events": r.events, "rss_before_mib": before / 1024,
-                                "rss_peak_mib": peak[0] / 1024, "rss_after_mib": after / 1024}
+        after = subj.mem("VmRSS")
+        out = {"chunks": chunks, "events": r.events, "rss_before_mib": before / 1024,
+               "rss_peak_mib": peak[0] / 1024, "rss_after_mib": after / 1024}
+        if r.status != 200 or r.events < chunks:
+            out.update(failed=f"HTTP {r.status} with {r.events} events for {chunks} chunks", ok=0, requests=1)
+        return out
 
     # -- start-up to listening: zipapp (and source tree) with the real command line
     def s_startup(self) -> None:
@@ -561,6 +825,10 @@ class Bench:
                              "idle_rss_mib": statistics.median(rss)}
         self.results["startup"] = out
 
+    def p_startup(self, subj: Subject, peer: Peer) -> dict:
+        # one start (the one this peer's run began with): peers take seconds to start
+        return {"startup": {"listen_ms": subj.listen_s * 1e3, "runs": 1}}
+
     # -- -workers 2 vs 1 (unpinned: workers need both cores)
     def s_workers(self) -> None:
         req = with_marker(self.req, stream=False)
@@ -584,6 +852,84 @@ class Bench:
                 proc.stop()
         out["speedup"] = out["workers_2"]["rps"] / out["workers_1"]["rps"]
         self.results["workers"] = out
+
+    # -- peers: the same scenarios against other proxies, after clasp's, on the same upstream and core
+
+    def start_peer(self, peer: Peer) -> Subject:
+        port = free_port()
+        tmp = tempfile.mkdtemp(prefix=f"clasp-bench-{peer.name}-")
+        argv = peer.argv_for(port, f"http://{HOST}:{self.up_port}/v1", tmp)
+        try:
+            proc = Proc(pinned(argv, self.core_proxy), env=peer_env(), log=Path(tmp) / PEER_LOG)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        subj = Subject(peer.name, proc, port, peer=True, tmp=tmp)
+        self.live.append(subj)
+        try:
+            subj.listen_s = wait_listening(port, proc.p, timeout=self.args.peer_start_timeout, poll=0.02)
+        except RuntimeError as e:
+            msg = self.describe(e, subj)
+            self.stop_peer(subj)
+            raise RuntimeError(msg) from None
+        return subj
+
+    def stop_peer(self, subj: Subject) -> None:
+        subj.proc.stop()
+        if subj in self.live:
+            self.live.remove(subj)
+        if subj.tmp:
+            shutil.rmtree(subj.tmp, ignore_errors=True)
+
+    @staticmethod
+    def describe(e: BaseException, subj: Subject | None) -> str:
+        msg = f"{type(e).__name__}: {e}"[:300]
+        tail = subj.log_tail() if subj is not None else ""
+        return f"{msg} [peer output: {tail}]" if tail else msg
+
+    def run_peers(self, names: list[str], progress: bool) -> None:
+        if not self.peers:
+            return
+        # clasp's long-lived instance is done with: the peers get its core to themselves
+        if self.proxy is not None:
+            self.proxy.stop()
+        peers_out = self.results["peers"] = {}
+        for peer in self.peers:
+            r = peers_out[peer.name] = {"command": peer.command}
+            if progress:
+                print(f"... peer {peer.name}: starting", file=sys.stderr, flush=True)
+            try:
+                subj = self.start_peer(peer)
+            except Exception as e:  # noqa: BLE001 -- a peer that does not start fails every row
+                r["error"] = f"did not start: {e}"
+                continue
+            try:
+                time.sleep(PEER_SETTLE_S)
+                r["idle"] = {"rss_start_mib": subj.mem("VmRSS") / 1024}
+                for name in names:
+                    if name == "workers":
+                        continue  # clasp's own -workers option: nothing to compare
+                    if subj.proc.p.poll() is not None:
+                        r.setdefault("notes", []).append(
+                            f"exited with {subj.proc.p.returncode} before {name}: restarted "
+                            f"[peer output: {subj.log_tail()}]")
+                        self.stop_peer(subj)
+                        subj = self.start_peer(peer)
+                        time.sleep(PEER_SETTLE_S)
+                    if progress:
+                        print(f"... peer {peer.name}: {name}", file=sys.stderr, flush=True)
+                    try:
+                        for key, value in getattr(self, "p_" + name)(subj, peer).items():
+                            if key == "idle":
+                                r["idle"].update(value)
+                            else:
+                                r[key] = value
+                    except Exception as e:  # noqa: BLE001 -- recorded, shown as failed
+                        r.setdefault(name, {})["error"] = self.describe(e, subj)
+            except Exception as e:  # noqa: BLE001 -- e.g. a restart that failed
+                r.setdefault("notes", []).append(self.describe(e, None))
+            finally:
+                self.stop_peer(subj)
 
 
 def with_marker_raw(req: dict, port: int, chunks: int) -> bytes:
@@ -667,6 +1013,139 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _views(r: dict) -> list[tuple[str, dict]]:
+    """Per column (direct, clasp, each peer) the figures in one shape: the peers' own JSON shape."""
+    direct: dict = {}
+    clasp: dict = {}
+    if "whole" in r:
+        direct["whole"] = {f"c{w['concurrency']}": w["direct"] for w in r["whole"]}
+        clasp["whole"] = {f"c{w['concurrency']}": w["proxy"] for w in r["whole"]}
+    if "stream" in r:
+        direct["stream"] = {k: v["direct"] for k, v in r["stream"].items() if isinstance(v, dict)}
+        clasp["stream"] = {k: v["proxy"] for k, v in r["stream"].items() if isinstance(v, dict)}
+    for key in ("ttfb", "big"):
+        if key in r:
+            direct[key], clasp[key] = r[key]["direct"], r[key]["proxy"]
+    clasp["idle"] = {"rss_start_mib": r.get("idle_rss_start_mib")}
+    if "idle_rss_after_load_mib" in r:
+        clasp["idle"]["rss_after_load_mib"] = r["idle_rss_after_load_mib"]
+    for key in ("slow", "slow_ramp", "long"):
+        if key in r:
+            clasp[key] = r[key]
+    if "startup" in r and "source" in r["startup"]:
+        clasp["startup"] = {"listen_ms": r["startup"]["source"]["p50_ms"], "runs": "p50"}
+    return [("direct", direct), ("clasp", clasp), *r.get("peers", {}).items()]
+
+
+def side_by_side(r: dict) -> str:
+    """clasp next to the --peer proxies: one column each; a failed measurement shows as failed
+    in its first row, n/a in the others, and why under the table."""
+    cols = _views(r)
+    rows: list[tuple[str, list[str]]] = []
+
+    def section(view: dict, path: tuple[str, ...], name: str) -> dict | None:
+        if "error" in view:
+            return {"error": view["error"]} if name != "direct" else {}
+        d = view
+        for k in path:
+            if not isinstance(d, dict) or k not in d:
+                return {} if name == "direct" else None
+            d = d[k]
+            if isinstance(d, dict) and "error" in d:
+                return d
+        return d
+
+    def group(path: tuple[str, ...], specs: list) -> None:
+        for j, (label, fmt) in enumerate(specs):
+            cells = []
+            for name, view in cols:
+                d = section(view, path, name)
+                if d is None:
+                    cells.append("n/a")
+                elif "error" in d:
+                    cells.append("failed" if j == 0 else "n/a")
+                elif "failed" in d:
+                    cells.append(f"failed: {d['ok']}/{d['requests']} ok" if j == 0 else "n/a")
+                else:
+                    try:
+                        cells.append(fmt(d))
+                    except (KeyError, TypeError, ValueError):
+                        cells.append("")
+            # a row only when it was measured: a peer that never started does not make one
+            if any(c not in ("", "n/a") for c, (_, v) in zip(cells, cols) if "error" not in v):
+                rows.append((label, cells))
+
+    for c in (1, 16, 64):
+        group(("whole", f"c{c}"), [
+            (f"non-stream 50KB c={c}: req/s", lambda d: f"{d['rps']:.0f}"),
+            (f"non-stream 50KB c={c}: latency p50 ms", lambda d: f"{d['p50_ms']:.2f}"),
+            (f"non-stream 50KB c={c}: latency p99 ms", lambda d: f"{d['p99_ms']:.2f}"),
+            (f"non-stream 50KB c={c}: CPU ms/request", lambda d: f"{d['cpu_s_per_1000']:.3f}")])
+    for key in ("c1", "c16"):
+        group(("stream", key), [(f"stream ({key}): events/s", lambda d: f"{d['events_per_s']:.0f}"),
+                                (f"stream ({key}): CPU us/event", lambda d: f"{d['cpu_us_per_event']:.1f}")])
+    group(("ttfb",), [("stream TTFB p50 ms (c=1)", lambda d: f"{d['ttfb_p50_ms']:.2f}"),
+                      ("stream TTFB p99 ms (c=1)", lambda d: f"{d['ttfb_p99_ms']:.2f}"),
+                      ("stream first event p50 ms (c=1)", lambda d: f"{d['first_event_p50_ms']:.2f}")])
+    group(("big",), [("1 MB request: latency p50 ms", lambda d: f"{d['p50_ms']:.2f}"),
+                     ("1 MB request: CPU ms/request", lambda d: f"{d['cpu_ms_per_request']:.2f}")])
+    group(("idle",), [("idle RSS at start MiB", lambda d: f"{d['rss_start_mib']:.1f}"),
+                      ("idle RSS after load MiB", lambda d: f"{d['rss_after_load_mib']:.1f}")])
+    for key, how in (("slow", "burst"), ("slow_ramp", "1 s ramp")):
+        n = next((v[key]["streams"] for _, v in cols if isinstance(v.get(key), dict) and "streams" in v[key]), "")
+        ideal = next((v[key]["chunks_each"] * v[key]["interval_ms"] / 1000 + v[key]["ramp_s"] for _, v in cols
+                      if isinstance(v.get(key), dict) and "chunks_each" in v[key]), 0.0)
+        group((key,), [(f"{n} slow streams ({how}): completed", lambda d: f"{d['completed']}/{d['streams']}"),
+                       (f"{n} slow streams ({how}): done in s (ideal {ideal:.1f})",
+                        lambda d: f"{d['wall_s']:.1f}"),
+                       (f"{n} slow streams ({how}): peak RSS MiB", lambda d: f"{d['peak_rss_mib']:.1f}"),
+                       (f"{n} slow streams ({how}): RSS once idle MiB", lambda d: f"{d['rss_idle_after_mib']:.1f}")])
+    group(("long",), [("long stream: events", lambda d: f"{d['events']}/{d['chunks']}"),
+                      ("long stream: RSS before/peak/after MiB",
+                       lambda d: f"{d['rss_before_mib']:.0f}/{d['rss_peak_mib']:.0f}/{d['rss_after_mib']:.0f}")])
+    group(("startup",), [("start-up to listening ms (clasp: p50)", lambda d: f"{d['listen_ms']:.0f}")])
+
+    names = [n for n, _ in cols]
+    label_w = max([len(label) for label, _ in rows] + [40]) + 2
+    widths = [max([len(n)] + [len(cells[i]) for _, cells in rows]) + 2 for i, n in enumerate(names)]
+    widths = [max(w, 10) for w in widths]
+    out = ["side by side: the same scenarios and fake upstream, each proxy pinned to the same core "
+           "(peers: CPU and RSS summed over their process tree)",
+           f"{'metric':<{label_w}}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths))]
+    for label, cells in rows:
+        out.append(f"{label:<{label_w}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    notes = []
+    for name, view in cols[2:]:
+        notes.append(f"  {name}: {view.get('command', '')}")
+        if "error" in view:
+            notes.append(f"    failed: {view['error']}")
+        for note in view.get("notes", []):
+            notes.append(f"    note: {note}")
+        for key, sec in view.items():
+            if not isinstance(sec, dict):
+                continue
+            for sub, d in [(None, sec), *((k, v) for k, v in sec.items() if isinstance(v, dict))]:
+                where = key if sub is None else f"{key} {sub}"
+                for field in ("error", "failed", "first_failure"):
+                    if field in d:
+                        notes.append(f"    {where}: {d[field]}")
+    if notes:
+        out.append("peers:")
+        out += notes
+    return "\n".join(out)
+
+
+def finite(x):
+    """The results with NaN (a peer without one successful request) as null, for strict JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="clasp benchmarks (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller counts (about half a minute)")
@@ -674,18 +1153,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=",".join(ALL),
                     help=f"comma list of {','.join(ALL)},workers (default: all but workers)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=COMMAND",
+                    help="also run the scenarios against another proxy (repeatable): COMMAND is an argv "
+                         "string (no shell) with {port} (where it must listen), {upstream} (the fake "
+                         "upstream's base URL) and {tmp} (a scratch directory); see bench/README.md")
+    ap.add_argument("--peer-start-timeout", type=float, default=180.0, metavar="S",
+                    help="seconds a peer may take to start listening (default 180)")
+    ap.add_argument("--peer-timeout", type=float, default=300.0, metavar="S",
+                    help="seconds before one measurement of a peer is abandoned as failed (default 300)")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in ALL + ["workers"]]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)}")
+    try:
+        peers = [Peer(spec) for spec in args.peer]
+    except ValueError as e:
+        ap.error(str(e))
+    if len({p.name for p in peers}) != len(peers):
+        ap.error("--peer names must differ")
     with Bench(args) as bench:
         for name in names:
             if not args.json:
                 print(f"... {name}", file=sys.stderr, flush=True)
             bench.run(name)
+        bench.run_peers(names, progress=not args.json)
         results = bench.results
-    print(json.dumps(results, indent=2) if args.json else table(results))
+    if args.json:
+        print(json.dumps(finite(results), indent=2))
+    else:
+        print(table(results))
+        if results.get("peers"):
+            print()
+            print(side_by_side(results))
     return 0
 
 
