@@ -57,21 +57,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def import_asyncio(tls: bool) -> ModuleType:
-    """Import asyncio, without OpenSSL when no upstream this config can reach speaks TLS.
+    """Import asyncio (and hashlib, hmac), without OpenSSL when no upstream this config can
+    reach speaks TLS.
 
-    asyncio imports ssl when it can, which maps libssl and libcrypto into the process (~5 MiB
-    of RSS) even if no TLS connection is ever made. asyncio supports Pythons built without ssl,
-    so hiding the module while asyncio loads is safe for a proxy that only talks plain HTTP
-    (a local Ollama, vLLM, llama.cpp); ssl itself stays importable afterwards.
+    asyncio imports ssl and hashlib imports _hashlib when they can, which maps libssl and
+    libcrypto into the process (~5 MiB of RSS) even if no TLS connection is ever made. Both
+    modules support Pythons built without OpenSSL (asyncio without TLS, hashlib and hmac with
+    CPython's builtin hashes), so hiding the OpenSSL bindings while they load is safe for a proxy
+    that only talks plain HTTP (a local Ollama, vLLM, llama.cpp). ssl stays importable afterwards.
     """
-    if tls or "asyncio" in sys.modules or "ssl" in sys.modules:
+    hidden = ("ssl", "_hashlib")
+    if tls or any(name in sys.modules for name in ("asyncio", "hashlib", "hmac", *hidden)):
         import asyncio
         return asyncio
-    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes "import ssl" raise ImportError
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes "import NAME" raise ImportError
     try:
         import asyncio
+        import hashlib  # noqa: F401  (first import decides: builtin SHA-256 from here on)
+        import hmac  # noqa: F401
     finally:
-        del sys.modules["ssl"]
+        for name in hidden:
+            del sys.modules[name]
     return asyncio
 
 

@@ -14,9 +14,9 @@ Clients send the key as ``x-api-key`` (ANTHROPIC_API_KEY) or ``Authorization: Be
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Mapping
-
-from clasp.digest import compare_digest, sha256_digest, sha256_hex
 
 __all__ = ["AuthPolicy", "ANONYMOUS", "fingerprint"]
 
@@ -29,7 +29,7 @@ _METRICS_PATHS = frozenset(("/metrics", "/metrics/prometheus"))
 
 def fingerprint(key: str) -> str:
     """Short, non-reversible identity for a key: safe for logs and rate-limit buckets."""
-    return "key:" + sha256_hex(key.encode("utf-8"))[:12]
+    return "key:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
 class AuthPolicy:
@@ -115,15 +115,15 @@ class AuthPolicy:
         # the lengths differ). The server decodes header bytes as latin-1, so encoding back to
         # latin-1 gives the bytes the client sent (a UTF-8 key arrives as its UTF-8 bytes); a
         # caller passing the already-decoded key is matched through its UTF-8 form.
-        ok = compare_digest(_digest(candidate.encode("utf-8", "surrogatepass")), self._key)
+        ok = hmac.compare_digest(_digest(candidate.encode("utf-8", "surrogatepass")), self._key)
         if not candidate.isascii():
             try:
                 wire = candidate.encode("latin-1")
             except UnicodeEncodeError:
                 return ok
-            ok = compare_digest(_digest(wire), self._key) or ok
+            ok = hmac.compare_digest(_digest(wire), self._key) or ok
         return ok
 
 
 def _digest(data: bytes) -> bytes:
-    return sha256_digest(data)
+    return hashlib.sha256(data).digest()

@@ -10,6 +10,7 @@ Not thread-safe: meant to be called from the single asyncio event loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -30,7 +31,6 @@ def cache_key(upstream_body: dict, target_id: str, requested_model: str) -> str:
     canonical = json.dumps(
         [target_id, requested_model, upstream_body], sort_keys=True, separators=(",", ":"), ensure_ascii=True
     )
-    import hashlib  # here, not at import: OpenSSL is loaded only when the cache is used
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -6,10 +6,9 @@ the same ~20 names and ids on every request, hence the small memo caches.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
-
-from clasp.digest import sha256_hex
 
 __all__ = ["upstream_tool_name", "upstream_tool_id"]
 
@@ -20,7 +19,7 @@ _MISTRAL_ID_OK = re.compile(r"[A-Za-z0-9]{9}")
 
 
 def _sha256_hex(text: str) -> str:
-    return sha256_hex(text.encode("utf-8", "surrogatepass"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @lru_cache(maxsize=2048)

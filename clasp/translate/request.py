@@ -7,11 +7,11 @@ here; the input body is never mutated; strings are shared, not copied.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from clasp.digest import sha256_hex
 from clasp.translate.capabilities import Capabilities
 from clasp.translate.errors import InvalidRequest
 from clasp.translate.names import upstream_tool_id, upstream_tool_name
@@ -596,7 +596,7 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
         user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
         if isinstance(user_id, str) and user_id:
             # Claude Code's value is ~150 chars; OpenAI limits identifiers to 64.
-            out["user"] = sha256_hex(user_id.encode("utf-8", "surrogatepass"))[:64]
+            out["user"] = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
 
     thinking = body.get("thinking")
     client_thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
