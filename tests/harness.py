@@ -206,6 +206,12 @@ class Proxy:
         conn.close()
         return result
 
+    def metrics(self) -> dict:
+        """GET /metrics (JSON), asserting it answers 200."""
+        status, _, raw = self.request("GET", "/metrics")
+        assert status == 200
+        return json.loads(raw)
+
     def post(self, body: Any, path: str = "/v1/messages", **kw) -> tuple[int, dict, Any]:
         status, headers, raw = self.request("POST", path, body, **kw)
         ctype = headers.get("content-type", "")

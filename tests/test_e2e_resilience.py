@@ -54,12 +54,6 @@ def err(status: int, message: str = "upstream trouble", headers: list | None = N
     return json_reply({"error": {"message": message}}, status=status, headers=headers)
 
 
-def metrics(p: Proxy) -> dict:
-    status, _, raw = p.request("GET", "/metrics")
-    assert status == 200
-    return json.loads(raw)
-
-
 def wait_for(predicate, what: str, timeout: float = 5.0) -> None:
     """Poll (bounded) until predicate() is true: no fixed sleeps, no timing assertions."""
     deadline = time.monotonic() + timeout
@@ -92,7 +86,7 @@ def test_503_then_200_is_retried_transparently(lt, upstream, proxies):
     assert headers["x-clasp-provider"] == "custom"
     assert len(upstream.requests) == 3
     assert all(r.json() == upstream.requests[0].json() for r in upstream.requests)  # same request re-sent
-    assert metrics(p)["retries"] == 2
+    assert p.metrics()["retries"] == 2
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 529])
@@ -148,7 +142,7 @@ def test_refused_connections_are_retried_until_the_upstream_listens(lt, upstream
         status, _, msg = p.post(HELLO)
     assert status == 200 and msg["type"] == "message"
     assert len(calls) == 1
-    assert metrics(p)["retries"] >= 1
+    assert p.metrics()["retries"] >= 1
 
 
 def test_timeout_before_the_first_byte_is_retried(lt, upstream, proxies):
@@ -169,7 +163,7 @@ def test_client_errors_are_never_retried(lt, upstream, proxies, status, etype):
     assert got == status and body["error"]["type"] == etype
     assert headers["x-should-retry"] == "false"
     assert len(upstream.requests) == 1
-    assert metrics(p)["retries"] == 0
+    assert p.metrics()["retries"] == 0
 
 
 def test_upstream_saying_do_not_retry_is_obeyed_and_passed_on(lt, upstream, proxies):
@@ -215,7 +209,7 @@ def test_no_retry_after_the_stream_started(lt, upstream, proxies):
     assert names[-1] == "error" and "message_stop" not in names
     assert events[-1][1]["error"]["type"] in ("api_error", "overloaded_error")
     assert len(upstream.requests) == 1      # the upstream saw exactly one request
-    assert metrics(p)["retries"] == 0
+    assert p.metrics()["retries"] == 0
 
 
 def test_streaming_request_is_retried_before_any_byte(lt, upstream, proxies):
@@ -235,10 +229,10 @@ def test_breaker_opens_fails_fast_then_half_opens_and_closes(lt, upstream, proxi
     upstream.script = lambda seen: err(500, "boom")
     p = start(proxies, lt, upstream, "-max-retries", "0", "-circuit-breaker", "-cb-threshold", "2",
               "-cb-recovery", "2", "-cb-timeout", "0.2")
-    assert metrics(p)["circuit_breakers"] == {"custom": "closed"}
+    assert p.metrics()["circuit_breakers"] == {"custom": "closed"}
     for _ in range(2):
         assert p.post(HELLO)[0] == 500
-    assert metrics(p)["circuit_breakers"] == {"custom": "open"}
+    assert p.metrics()["circuit_breakers"] == {"custom": "open"}
     # open: fail fast without touching the upstream
     status, headers, body = p.post(HELLO)
     assert status == 503 and body["error"]["type"] == "overloaded_error"
@@ -246,18 +240,18 @@ def test_breaker_opens_fails_fast_then_half_opens_and_closes(lt, upstream, proxi
     assert int(headers["retry-after"]) >= 1
     assert len(upstream.requests) == 2
     # after the timeout: half-open; a failing probe re-opens the circuit
-    wait_for(lambda: metrics(p)["circuit_breakers"]["custom"] == "half_open", "half-open")
+    wait_for(lambda: p.metrics()["circuit_breakers"]["custom"] == "half_open", "half-open")
     assert p.post(HELLO)[0] == 500
     assert len(upstream.requests) == 3
-    assert metrics(p)["circuit_breakers"]["custom"] == "open"
+    assert p.metrics()["circuit_breakers"]["custom"] == "open"
     assert p.post(HELLO)[0] == 503 and len(upstream.requests) == 3
     # the provider recovers: two successful probes close the circuit
     upstream.script = lambda seen: json_reply(completion())
-    wait_for(lambda: metrics(p)["circuit_breakers"]["custom"] == "half_open", "half-open again")
+    wait_for(lambda: p.metrics()["circuit_breakers"]["custom"] == "half_open", "half-open again")
     assert p.post(HELLO)[0] == 200
-    assert metrics(p)["circuit_breakers"]["custom"] == "half_open"   # 1 of 2 successes
+    assert p.metrics()["circuit_breakers"]["custom"] == "half_open"   # 1 of 2 successes
     assert p.post(HELLO)[0] == 200
-    assert metrics(p)["circuit_breakers"]["custom"] == "closed"
+    assert p.metrics()["circuit_breakers"]["custom"] == "closed"
     assert len(upstream.requests) == 5
 
 
@@ -266,7 +260,7 @@ def test_half_open_lets_only_a_limited_number_of_probes_through(lt, upstream, pr
     p = start(proxies, lt, upstream, "-max-retries", "0", "-circuit-breaker", "-cb-threshold", "1",
               "-cb-recovery", "1", "-cb-timeout", "0.1")
     assert p.post(HELLO)[0] == 529
-    wait_for(lambda: metrics(p)["circuit_breakers"]["custom"] == "half_open", "half-open")
+    wait_for(lambda: p.metrics()["circuit_breakers"]["custom"] == "half_open", "half-open")
     upstream.script = lambda seen: Reply(200, [("content-type", "application/json")],
                                          json.dumps(completion()).encode(), hang=0.3)
     probe = pool.submit(p.post, HELLO)
@@ -274,7 +268,7 @@ def test_half_open_lets_only_a_limited_number_of_probes_through(lt, upstream, pr
     status, _, body = p.post(HELLO)           # while the probe is in flight
     assert status == 503 and "circuit breaker" in body["error"]["message"]
     assert probe.result(5)[0] == 200
-    assert metrics(p)["circuit_breakers"]["custom"] == "closed"
+    assert p.metrics()["circuit_breakers"]["custom"] == "closed"
     assert len(upstream.requests) == 2
 
 
@@ -283,7 +277,7 @@ def test_client_errors_do_not_open_the_breaker(lt, upstream, proxies):
     p = start(proxies, lt, upstream, "-max-retries", "0", "-circuit-breaker", "-cb-threshold", "2")
     for _ in range(4):
         assert p.post(HELLO)[0] == 400
-    assert metrics(p)["circuit_breakers"]["custom"] == "closed"
+    assert p.metrics()["circuit_breakers"]["custom"] == "closed"
     assert len(upstream.requests) == 4
 
 
@@ -295,13 +289,13 @@ def test_queued_request_completes_after_the_provider_recovers(lt, upstream, prox
     p = start(proxies, lt, upstream, "-max-retries", "0", "-queue", "-queue-retry-delay", "20",
               "-queue-max-wait", "10", "-queue-max-retries", "1000")
     waiting = pool.submit(p.post, HELLO)
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 1, "the request to be queued")
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 1, "the request to be queued")
     assert not waiting.done()
     listen_again(lt, upstream)
     status, headers, msg = waiting.result(5)
     assert status == 200 and msg["content"] == [{"type": "text", "text": "Hello!"}]
     assert headers["x-clasp-provider"] == "custom"
-    q = metrics(p)["queue"]
+    q = p.metrics()["queue"]
     assert q["depth"] == 0 and q["enqueued"] == 1 and q["served"] == 1
 
 
@@ -310,7 +304,7 @@ def test_full_queue_answers_529_overloaded(lt, upstream, proxies, pool):
     p = start(proxies, lt, upstream, "-max-retries", "0", "-queue", "-queue-max-size", "1",
               "-queue-retry-delay", "20", "-queue-max-wait", "10", "-queue-max-retries", "1000")
     first = pool.submit(p.post, HELLO)
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 1, "the first request to be queued")
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 1, "the first request to be queued")
     status, headers, body = p.post(HELLO)
     assert status == 529 and body["error"]["type"] == "overloaded_error"
     assert "queue is full" in body["error"]["message"]
@@ -318,7 +312,7 @@ def test_full_queue_answers_529_overloaded(lt, upstream, proxies, pool):
     # the queued request was not dropped: it completes once the provider is back
     upstream.script = lambda seen: json_reply(completion())
     assert first.result(5)[0] == 200
-    q = metrics(p)["queue"]
+    q = p.metrics()["queue"]
     assert q["rejected_full"] == 1 and q["served"] == 1 and q["depth"] == 0
 
 
@@ -331,7 +325,7 @@ def test_queue_wait_expiry_answers_529_overloaded(lt, upstream, proxies):
     assert "waited in the queue" in body["error"]["message"] and "bad gateway" in body["error"]["message"]
     assert int(headers["retry-after"]) > 0
     assert len(upstream.requests) >= 2     # the first try, then at least one try from the queue
-    q = metrics(p)["queue"]
+    q = p.metrics()["queue"]
     assert q["timeouts"] == 1 and q["depth"] == 0
 
 
@@ -344,7 +338,7 @@ def test_queue_retries_used_up_answer_529_overloaded(lt, upstream, proxies):
     assert "after 2 retries in the queue" in body["error"]["message"]
     assert "could not connect" in body["error"]["message"]
     assert int(headers["retry-after"]) > 0
-    q = metrics(p)["queue"]
+    q = p.metrics()["queue"]
     assert q["exhausted"] == 1 and q["depth"] == 0
 
 
@@ -353,7 +347,7 @@ def test_client_errors_skip_the_queue(lt, upstream, proxies):
     p = start(proxies, lt, upstream, "-queue", "-queue-retry-delay", "20", "-queue-max-wait", "5")
     status, _, body = p.post(HELLO)
     assert status == 401 and body["error"]["type"] == "authentication_error"
-    assert len(upstream.requests) == 1 and metrics(p)["queue"]["enqueued"] == 0
+    assert len(upstream.requests) == 1 and p.metrics()["queue"]["enqueued"] == 0
 
 
 def test_client_leaving_the_queue_is_removed(lt, upstream, proxies):
@@ -364,10 +358,10 @@ def test_client_leaving_the_queue_is_removed(lt, upstream, proxies):
     body = json.dumps(HELLO).encode()
     s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
               b"content-length: %d\r\n\r\n%s" % (len(body), body))
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 1, "the request to be queued")
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 1, "the request to be queued")
     s.close()
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 0, "the departed client to leave the queue")
-    assert metrics(p)["queue"]["cancelled"] == 1
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 0, "the departed client to leave the queue")
+    assert p.metrics()["queue"]["cancelled"] == 1
     seen = len(upstream.requests)
     time.sleep(0.1)   # five queue rounds: a departed request is no longer re-tried upstream
     assert len(upstream.requests) == seen
@@ -375,7 +369,7 @@ def test_client_leaving_the_queue_is_removed(lt, upstream, proxies):
     upstream.script = Script(err(503), err(503))
     status, _, msg = p.post(HELLO)
     assert status == 200 and msg["type"] == "message"
-    assert metrics(p)["queue"]["rejected_full"] == 0
+    assert p.metrics()["queue"]["rejected_full"] == 0
 
 
 def test_queue_with_breaker_open_waits_for_recovery(lt, upstream, proxies, pool):
@@ -384,13 +378,13 @@ def test_queue_with_breaker_open_waits_for_recovery(lt, upstream, proxies, pool)
               "-cb-recovery", "1", "-cb-timeout", "0.1", "-queue", "-queue-retry-delay", "20",
               "-queue-max-wait", "10", "-queue-max-retries", "1000")
     futures = [pool.submit(p.post, HELLO) for _ in range(4)]
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 4, "four queued requests")
-    assert metrics(p)["circuit_breakers"]["custom"] in ("open", "half_open")
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 4, "four queued requests")
+    assert p.metrics()["circuit_breakers"]["custom"] in ("open", "half_open")
     upstream.script = lambda seen: json_reply(completion())
     results = [f.result(5) for f in futures]
     assert [r[0] for r in results] == [200] * 4
-    assert metrics(p)["circuit_breakers"]["custom"] == "closed"
-    assert metrics(p)["queue"]["served"] == 4
+    assert p.metrics()["circuit_breakers"]["custom"] == "closed"
+    assert p.metrics()["queue"]["served"] == 4
 
 
 # ------------------------------------------------------------------------------------------ fallback
@@ -416,12 +410,12 @@ def test_fallback_to_a_second_upstream(lt, upstream, second, proxies):
     assert second.requests[0].json()["model"] == "backup-model"
     assert second.requests[0].headers["authorization"] == "Bearer fb-key"
     assert "authorization" not in upstream.requests[0].headers
-    assert metrics(p)["fallbacks"] == 1
+    assert p.metrics()["fallbacks"] == 1
     # healthy primary again: no fallback
     upstream.script = lambda seen: json_reply(completion())
     status, headers, _ = p.post(HELLO)
     assert status == 200 and headers["x-clasp-provider"] == "custom"
-    assert len(second.requests) == 1 and metrics(p)["fallbacks"] == 1
+    assert len(second.requests) == 1 and p.metrics()["fallbacks"] == 1
 
 
 def test_default_fallback_uses_other_providers_with_credentials(lt, upstream, second, proxies):
@@ -439,7 +433,7 @@ def test_fallback_is_not_used_for_client_errors(lt, upstream, second, proxies):
     p = start(proxies, lt, upstream, "-fallback", CLASP_FALLBACK_PROVIDER="custom",
               CLASP_FALLBACK_BASE_URL=second.url)
     assert p.post(HELLO)[0] == 400
-    assert second.requests == [] and metrics(p)["fallbacks"] == 0
+    assert second.requests == [] and p.metrics()["fallbacks"] == 0
 
 
 def test_open_breaker_goes_straight_to_the_fallback(lt, upstream, second, proxies):
@@ -451,7 +445,7 @@ def test_open_breaker_goes_straight_to_the_fallback(lt, upstream, second, proxie
         assert status == 200 and headers["x-clasp-provider"] == "fallback:custom"
     assert len(upstream.requests) == 1          # opened after one failure; later requests skip it
     assert len(second.requests) == 3
-    m = metrics(p)
+    m = p.metrics()
     assert m["circuit_breakers"] == {"custom": "open", "fallback:custom": "closed"}
     assert m["fallbacks"] == 3
 
@@ -518,7 +512,7 @@ def test_tiers_have_independent_breakers_and_retries(lt, three, proxies):
     assert p.post({**HELLO, "model": "claude-sonnet-4-5"})[0] == 200
     assert p.post({**HELLO, "model": "claude-haiku-4-5"})[0] == 200
     assert len(sonnet.requests) == 2 and len(haiku.requests) == 1
-    assert metrics(p)["circuit_breakers"] == {"custom": "closed", "opus:custom": "open",
+    assert p.metrics()["circuit_breakers"] == {"custom": "closed", "opus:custom": "open",
                                               "sonnet:custom": "closed", "haiku:custom": "closed"}
 
 
@@ -535,15 +529,15 @@ def test_queue_breaker_fallback_as_one_pipeline(lt, upstream, second, proxies, p
               "-queue-max-retries", "1000",
               CLASP_FALLBACK_PROVIDER="custom", CLASP_FALLBACK_BASE_URL=second.url)
     futures = [pool.submit(p.post, HELLO) for _ in range(3)]
-    wait_for(lambda: metrics(p)["queue"]["depth"] == 3, "three queued requests")
-    wait_for(lambda: metrics(p)["circuit_breakers"]["fallback:custom"] == "open", "the fallback breaker to open")
-    assert metrics(p)["circuit_breakers"]["custom"] in ("open", "half_open")
+    wait_for(lambda: p.metrics()["queue"]["depth"] == 3, "three queued requests")
+    wait_for(lambda: p.metrics()["circuit_breakers"]["fallback:custom"] == "open", "the fallback breaker to open")
+    assert p.metrics()["circuit_breakers"]["custom"] in ("open", "half_open")
     assert not any(f.done() for f in futures)
     listen_again(lt, second)
     results = [f.result(5) for f in futures]
     assert [(r[0], r[1]["x-clasp-provider"]) for r in results] == [(200, "fallback:custom")] * 3
     assert len(second.requests) >= 3
-    m = metrics(p)
+    m = p.metrics()
     assert m["queue"]["served"] == 3 and m["queue"]["depth"] == 0
     assert m["fallbacks"] >= 3
     assert m["circuit_breakers"]["fallback:custom"] == "closed"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -65,12 +64,6 @@ def test_glibc_malloc_trim_is_found_and_callable():
     assert resident_bytes() > 1024 * 1024
 
 
-def _metrics(p: Proxy) -> dict:
-    status, _, raw = p.request("GET", "/metrics")
-    assert status == 200
-    return json.loads(raw)
-
-
 @pytest.mark.skipif(libc_malloc_trim() is None, reason="needs glibc's malloc_trim")
 def test_idle_proxy_returns_memory_and_reports_it(lt, upstream, proxies):
     p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", "-memory-trim-after", "0.2"],
@@ -80,7 +73,7 @@ def test_idle_proxy_returns_memory_and_reports_it(lt, upstream, proxies):
     deadline = time.monotonic() + 10
     while True:   # poll slower than the idle period: each poll is itself traffic
         time.sleep(0.5)
-        memory = _metrics(p)["memory"]
+        memory = p.metrics()["memory"]
         if memory["trims"] >= 1:
             break
         assert time.monotonic() < deadline, memory
@@ -98,4 +91,4 @@ def test_trimming_can_be_turned_off(lt, upstream, proxies):
     proxies.append(p)
     assert p.post(HELLO)[0] == 200
     time.sleep(0.3)
-    assert _metrics(p)["memory"]["trims"] == 0
+    assert p.metrics()["memory"]["trims"] == 0
