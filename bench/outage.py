@@ -2,7 +2,7 @@
 """Provider outage under load: does `-queue -circuit-breaker` lose any request?
 
 Everything runs in one process on 127.0.0.1: a fake OpenAI-compatible upstream, the real
-proxy (clasp.cli.serve) and N concurrent clients that send requests back to back (half of
+proxy (clasp.server.run.serve) and N concurrent clients that send requests back to back (half of
 them streaming). Timeline:
 
     warm-up (healthy) -> outage -> recovery -> tail (healthy) -> clients stop
@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clasp import cli  # noqa: E402
+from clasp.server import run as proxy_run  # noqa: E402
 from clasp.config import load_config  # noqa: E402
 
 REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 64,
@@ -271,7 +271,7 @@ async def run(args: argparse.Namespace) -> dict:
     cfg, _ = load_config(argv, env)
     stop_proxy = asyncio.Event()
     ready = asyncio.get_running_loop().create_future()
-    proxy_task = asyncio.ensure_future(cli.serve(cfg, ready=ready, stop=stop_proxy, log_stream=io.StringIO()))
+    proxy_task = asyncio.ensure_future(proxy_run.serve(cfg, ready=ready, stop=stop_proxy, log_stream=io.StringIO()))
     done, _ = await asyncio.wait([ready, proxy_task], return_when=asyncio.FIRST_COMPLETED)
     if proxy_task in done:
         proxy_task.result()

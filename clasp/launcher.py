@@ -24,8 +24,8 @@ import threading
 from pathlib import Path
 from typing import Mapping, TextIO
 
-from clasp.cli import LOG_FORMAT, log_level
 from clasp.config import Config, ConfigError, load_config
+from clasp.server.run import LOG_FORMAT, log_level, serve
 
 INSTALL_HINT = "npm install -g @anthropic-ai/claude-code"
 # Sent as the API key when the proxy has no auth: Claude Code refuses to start without one.
@@ -59,7 +59,7 @@ def exit_code(returncode: int) -> int:
 
 
 class ProxyThread:
-    """clasp.cli.serve() in its own event loop on a daemon thread."""
+    """clasp.server.run.serve() in its own event loop on a daemon thread."""
 
     def __init__(self, cfg: Config, log_stream: TextIO | None) -> None:
         self.cfg = cfg
@@ -103,8 +103,6 @@ class ProxyThread:
             loop.close()
 
     async def _serve(self) -> None:
-        from clasp.cli import serve
-
         self._stop = asyncio.Event()
         ready = asyncio.get_running_loop().create_future()
 

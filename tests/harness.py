@@ -162,11 +162,11 @@ class FakeUpstream:
 
 
 class Proxy:
-    """The real proxy (clasp.cli.serve) on an ephemeral port in the background loop."""
+    """The real proxy (clasp.server.run.serve) on an ephemeral port in the background loop."""
 
     def __init__(self, lt: LoopThread, argv: list[str] | None = None, env: dict | None = None) -> None:
         from clasp.config import load_config
-        from clasp import cli
+        from clasp.server import run
         self.lt = lt
         env = dict(env or {})
         env.setdefault("HOME", "/nonexistent-clasp-test-home")
@@ -177,7 +177,7 @@ class Proxy:
         async def start():
             self.stop_event = asyncio.Event()
             ready = asyncio.get_running_loop().create_future()
-            self.task = asyncio.ensure_future(cli.serve(cfg, ready=ready, stop=self.stop_event,
+            self.task = asyncio.ensure_future(run.serve(cfg, ready=ready, stop=self.stop_event,
                                                         log_stream=self.log))
             done, _ = await asyncio.wait([ready, self.task], return_when=asyncio.FIRST_COMPLETED)
             if self.task in done:

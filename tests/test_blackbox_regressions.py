@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import clasp.app
+import clasp.pipeline.relay
 from harness import Proxy, sse_reply
 
 
@@ -28,7 +28,7 @@ def test_stream_finishes_when_upstream_goes_silent_after_finish_reason(lt, upstr
     """An upstream that sends finish_reason and then neither usage, [DONE] nor EOF (it only
     ends the body much later) must not hold the client: the stream is finalized after a
     short silence (PROTOCOL §3.3), with the text it had and an estimated usage."""
-    monkeypatch.setattr(clasp.app, "_FINISH_GRACE_S", 0.2)
+    monkeypatch.setattr(clasp.pipeline.relay, "_FINISH_GRACE_S", 0.2)
     # content and finish_reason at once, then 20 s of silence before the body ends
     upstream.script = lambda seen: sse_reply(
         ['data: {"id":"c","choices":[{"index":0,"delta":{"content":"slow"}}]}\n\n'
@@ -57,7 +57,7 @@ def test_stream_finishes_when_upstream_goes_silent_after_finish_reason(lt, upstr
 
 def test_silence_before_finish_reason_is_not_cut(lt, upstream, monkeypatch):
     """The grace period applies only after finish_reason: a slow upstream mid-answer is waited for."""
-    monkeypatch.setattr(clasp.app, "_FINISH_GRACE_S", 0.1)
+    monkeypatch.setattr(clasp.pipeline.relay, "_FINISH_GRACE_S", 0.1)
     # 0.3 s between chunks (longer than the grace period) until finish_reason + usage
     upstream.script = lambda seen: sse_reply(
         [_chunk({"role": "assistant", "content": "a"}), _chunk({"content": "b"}),

@@ -1,6 +1,6 @@
 """End to end through real sockets: auth, rate limiting, response cache, metrics and logs.
 
-client -> proxy (clasp.cli.serve in-process) -> fake OpenAI-compatible upstream, all on loopback.
+client -> proxy (clasp.server.run.serve in-process) -> fake OpenAI-compatible upstream, all on loopback.
 Time-dependent behaviour (bucket refill, cache TTL) uses a fake clock injected into the App.
 """
 
@@ -71,7 +71,7 @@ def clocked(monkeypatch):
             super().__init__(cfg, **kw)
             apps.append(self)
 
-    monkeypatch.setattr(clasp.app, "App", ClockedApp)   # clasp.cli.serve imports it at call time
+    monkeypatch.setattr(clasp.app, "App", ClockedApp)   # clasp.server.run.serve imports it at call time
     return clock, apps
 
 

@@ -96,7 +96,7 @@ def test_https_upstream_still_gets_verified_tls():
 def test_https_in_a_process_started_without_tls_is_a_clear_connect_error():
     """Defence in depth: only reachable through a bug in may_use_tls, but never a bare RuntimeError."""
     probe = """
-from clasp.cli import import_asyncio
+from clasp.server.run import import_asyncio
 asyncio = import_asyncio(False)
 from clasp.upstream.client import ConnectError, UpstreamClient
 async def main():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clasp.app import _json_bytes, _payload_bytes
+from clasp.pipeline.wire import json_bytes as _json_bytes, payload_bytes as _payload_bytes
 from clasp.translate.capabilities import capabilities_for
 from clasp.translate.request import translate_request
 from clasp.translate.schema import content_key, encoded_tools, function_tool

@@ -10,12 +10,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from clasp.redaction import redact
-
-if TYPE_CHECKING:  # only for annotations; request.py is owned by the request translator
-    from clasp.translate.request import RequestContext
+from clasp.translate.context import RequestContext
 
 __all__ = [
     "InvalidRequest",

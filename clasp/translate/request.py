@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from clasp.translate.capabilities import Capabilities
+from clasp.translate.context import RequestContext
 from clasp.translate.errors import InvalidRequest
 from clasp.translate.names import upstream_tool_id, upstream_tool_name
 from clasp.translate.schema import function_tool
@@ -45,18 +45,6 @@ _OPENAI_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "hi
 _DEEPSEEK_EFFORT = {"low": "low", "medium": "high", "high": "high", "xhigh": "high", "max": "max"}
 # Anthropic server tools: executed by Anthropic, no input_schema, cannot work upstream.
 _CUSTOM_TOOL_TYPES = (None, "custom")
-
-
-@dataclass
-class RequestContext:
-    requested_model: str          # echoed back in responses
-    upstream_model: str
-    stream: bool
-    name_map: dict[str, str]      # upstream (shortened) tool name -> original name
-    stop_sequences: list[str]     # as sent upstream (empty when not sent)
-    show_thinking: bool           # emit thinking blocks (client asked, or flags)
-    estimated_input_tokens: int
-    max_tokens: int               # as sent upstream (after clamping); 0 when no limit was sent
 
 
 def _dumps_args(value: Any) -> str:

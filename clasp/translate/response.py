@@ -21,7 +21,7 @@ from clasp.translate.errors import map_upstream_error
 
 if TYPE_CHECKING:
     from clasp.translate.capabilities import Capabilities
-    from clasp.translate.request import RequestContext
+    from clasp.translate.context import RequestContext
 
 __all__ = ["translate_response", "split_think_tags"]
 

@@ -1,0 +1,34 @@
+"""The book-keeping of one /v1/messages request, for metrics and the access log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Exchange:
+    started: float
+    requested_model: str = ""
+    upstream_model: str = ""
+    provider: str = ""
+    stream: bool = False
+    status: int = 0
+    ttft: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    cache: str = ""
+
+    def book(self, usage: dict, tool_calls: int) -> None:
+        """Token counts of an Anthropic usage object (cache reads count as input) and tool calls."""
+        self.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+        self.output_tokens = usage.get("output_tokens", 0)
+        self.tool_calls = tool_calls
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """A whole translated response kept by the response cache."""
+    body: bytes
+    provider: str
+    upstream_model: str

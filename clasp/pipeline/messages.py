@@ -1,0 +1,129 @@
+"""POST /v1/messages, composed in order (auth happened at dispatch):
+
+    rate limit -> parse -> route -> chain (cache, queue, breaker, retries, fallback)
+               -> relay (translate the whole response, or the stream as it arrives)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from clasp.config import ConfigError
+from clasp.ops.logs import AccessLog, DebugLog
+from clasp.ops.metrics import Metrics
+from clasp.pipeline.chain import UpstreamChain
+from clasp.pipeline.exchange import CachedResponse, Exchange
+from clasp.pipeline.relay import Relay
+from clasp.pipeline.wire import JSON_HEADER, invalid, parse_body, send_error
+from clasp.routing.providers import Router
+from clasp.server.http import Request, Responder
+from clasp.translate.common import random_id
+from clasp.translate.errors import InvalidRequest, ProxyError
+
+
+class MessagesPipeline:
+    def __init__(self, *, clock: Callable[[], float], router: Router, chain: UpstreamChain, relay: Relay,
+                 metrics: Metrics, limiter=None, access_log: AccessLog | None = None,
+                 debug_log: DebugLog | None = None) -> None:
+        self.clock = clock
+        self.router = router
+        self.chain = chain
+        self.relay = relay
+        self.metrics = metrics
+        self.limiter = limiter
+        self.access_log = access_log
+        self.debug_log = debug_log
+
+    async def handle(self, req: Request, resp: Responder, client_id: str, *, consume: bool = False) -> None:
+        """consume=True (the server's own Request): req.body is released once parsed."""
+        ex = Exchange(started=self.clock())
+        request_id = random_id("req_")
+        try:
+            await self._run(req, resp, client_id, ex, request_id, consume)
+        except ProxyError as err:
+            ex.status = err.status
+            if not resp.started:
+                await send_error(resp, err, request_id)
+        except asyncio.CancelledError:
+            if not resp.finished:  # the server also cancels once a finished client hangs up
+                ex.status = 499  # client closed the connection
+            raise
+        except Exception:
+            if not resp.started:
+                ex.status = 500  # the server answers 500: never count it as a success
+            raise
+        finally:
+            self._record(req, ex)
+
+    async def _run(self, req: Request, resp: Responder, client_id: str, ex: Exchange,
+                   request_id: str, consume: bool) -> None:
+        # rate limit
+        extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
+        if self.limiter is not None:
+            decision = self.limiter.acquire(client_id)
+            rl_headers = self.limiter.headers(decision)
+            if not decision.allowed:
+                raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client",
+                                 dict(rl_headers), False)
+            extra_headers.extend(rl_headers)
+        # parse
+        if self.debug_log:
+            self.debug_log.incoming_request(req.body, req.headers)
+        try:
+            body = parse_body(req.body)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise InvalidRequest("model: field required")
+        except InvalidRequest as e:
+            raise invalid(str(e)) from None
+        if consume:
+            req.body = b""  # ~50 KB per request that a long stream would otherwise pin
+        ex.requested_model = model
+        ex.stream = body.get("stream") is True
+        # route
+        try:
+            routes = self.router.resolve(model)
+        except ConfigError as e:  # "provider,model" naming a provider without credentials
+            raise ProxyError(400, "invalid_request_error", f"model {model!r} is not available: {e}",
+                             {"x-should-retry": "false"}, False) from None
+        # chain: cache, queue, breaker, retries, fallback.
+        # The parsed client body (~120 KB for a Claude Code request) is handed over in a box
+        # that the chain empties once every route is translated: with hundreds of concurrent
+        # streams it must not be held while waiting for the upstream, or for a whole stream.
+        box = [body]
+        body = None
+        outcome = await self.chain.obtain(box, routes, ex)
+        if isinstance(outcome, CachedResponse):
+            ex.cache = "HIT"
+            ex.status = 200
+            ex.provider, ex.upstream_model = outcome.provider, outcome.upstream_model
+            await resp.send(200, [JSON_HEADER, *extra_headers, ("x-clasp-provider", outcome.provider),
+                                  ("x-clasp-cache", "HIT")], outcome.body)
+            return
+        route, ctx, caps, upstream, cache_key = outcome
+        ex.provider, ex.upstream_model = route.target.name, route.model
+        extra_headers.append(("x-clasp-provider", route.target.name))
+        if cache_key is not None:
+            ex.cache = "MISS"
+            extra_headers.append(("x-clasp-cache", "MISS"))
+        # relay
+        is_sse = "text/event-stream" in upstream.headers.get("content-type", "")
+        if ex.stream and is_sse:
+            await self.relay.stream(upstream, resp, ctx, caps, ex, extra_headers)
+        else:
+            await self.relay.whole(upstream, resp, ctx, caps, ex, extra_headers, cache_key)
+
+    def _record(self, req: Request, ex: Exchange) -> None:
+        latency = self.clock() - ex.started
+        self.metrics.record_request(provider=ex.provider or "-", model=ex.requested_model or "-",
+                                    status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
+                                    latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
+                                    output_tokens=ex.output_tokens, cache=ex.cache.lower() or None)
+        if self.access_log is not None:
+            self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
+                                upstream_model=ex.upstream_model, provider=ex.provider,
+                                latency_ms=round(latency * 1000, 1),
+                                ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
+                                input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
+                                cache=ex.cache or "-")

@@ -1,0 +1,210 @@
+"""A 2xx upstream response -> the Anthropic response the client gets: translated whole, or
+relayed as a stream one upstream read at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable
+
+from clasp.ops.logs import DebugLog
+from clasp.pipeline.exchange import CachedResponse, Exchange
+from clasp.pipeline.wire import JSON_HEADER, json_bytes, scrub
+from clasp.server.http import Responder
+from clasp.translate.capabilities import Capabilities
+from clasp.translate.context import RequestContext
+from clasp.translate.errors import ProxyError, map_transport_error, map_upstream_error
+from clasp.translate.response import translate_response
+from clasp.translate.sse import SSEParser, encode_event, encode_events
+from clasp.translate.stream import StreamTranslator, events_from_message
+from clasp.upstream.client import UpstreamError, UpstreamResponse
+
+log = logging.getLogger("clasp")
+
+SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+               ("x-accel-buffering", "no")]
+_PING = encode_event({"type": "ping"})
+_DONE = "[DONE]"
+# Seconds of upstream silence after finish_reason (usage and [DONE] not yet seen) before the
+# stream is finalized anyway (PROTOCOL §3.3).
+_FINISH_GRACE_S = 5.0
+
+
+class Relay:
+    def __init__(self, *, clock: Callable[[], float], ping_interval: float, cache=None,
+                 debug_log: DebugLog | None = None, secret_variants: list[str] = ()) -> None:
+        self.clock = clock
+        self.ping_interval = ping_interval
+        self.cache = cache
+        self.debug_log = debug_log
+        self.secret_variants = list(secret_variants)
+
+    async def whole(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
+                    caps: Capabilities, ex: Exchange, headers: list, cache_key: str | None) -> None:
+        try:
+            raw = await upstream.read()
+        except UpstreamError as e:
+            raise map_transport_error(e, ex.provider) from None
+        finally:
+            upstream.close()
+        if self.debug_log:
+            self.debug_log.upstream_response(upstream.status, upstream.headers, raw)
+        ex.ttft = self.clock() - ex.started
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a non-JSON body",
+                             {}, True) from None
+        if "error" in data and not data.get("choices"):
+            raise scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
+                        self.secret_variants)
+        message = translate_response(data, ctx, caps)
+        ex.book(message.get("usage", {}), sum(1 for b in message["content"] if b.get("type") == "tool_use"))
+        ex.status = 200
+        if ex.stream:
+            # the upstream ignored stream:true (or is configured not to stream): synthesize events
+            translator = StreamTranslator(ctx, caps, message_id=message["id"])
+            events = translator.start() + events_from_message(message)
+            await resp.start(200, [*SSE_HEADERS, *headers])
+            payload = encode_events(events)
+            if self.debug_log:
+                self.debug_log.translated_response(payload)
+            resp.write(payload)
+            await resp.end()
+            return
+        body = json_bytes(message)
+        if self.debug_log:
+            self.debug_log.translated_response(body)
+        if cache_key is not None and self.cache is not None:
+            self.cache.put(cache_key, CachedResponse(body, ex.provider, ex.upstream_model))
+        await resp.send(200, [JSON_HEADER, *headers], body)
+
+    async def stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
+                     caps: Capabilities, ex: Exchange, headers: list) -> None:
+        """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
+        drained before the next read, so memory stays bounded and events flow as they arrive."""
+        translator = StreamTranslator(ctx, caps, provider=ex.provider)
+        parser = SSEParser()
+        await resp.start(200, [*SSE_HEADERS, *headers])
+        ex.status = 200
+        debug = self.debug_log
+        out = encode_events(translator.start())
+        if debug:
+            debug.translated_response(out)
+        resp.write(out)
+        await resp.drain()
+        clock = self.clock
+        state = {"last": clock()}
+        pinger = asyncio.ensure_future(self._ping_loop(resp, state))
+        failed = False
+        chunks = upstream.iter_chunks()
+        try:
+            while True:
+                try:
+                    if translator.finish_reason is None:
+                        data = await chunks.__anext__()
+                    else:
+                        # finish_reason seen, usage not yet: some servers then go silent without
+                        # [DONE] or EOF; finalize after a short silence (PROTOCOL §3.3)
+                        data = await asyncio.wait_for(chunks.__anext__(), _FINISH_GRACE_S)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    log.info("%s: no [DONE] or usage %gs after finish_reason; finishing the stream",
+                             ex.provider, _FINISH_GRACE_S)
+                    upstream.close()  # half-read: never pooled
+                    break
+                if debug:
+                    debug.upstream_response(upstream.status, upstream.headers, data)
+                events = _translate_payloads(parser.feed(data), translator, ex.provider)
+                if events:
+                    if ex.ttft is None:
+                        ex.ttft = clock() - ex.started
+                    failed = events[-1]["type"] == "error"
+                    out = encode_events(events)
+                    if debug:
+                        debug.translated_response(out)
+                    resp.write(out)
+                    state["last"] = clock()
+                    await resp.drain()
+                if translator.done:
+                    break
+                if translator.finish_reason and translator.has_upstream_usage:
+                    # everything is known: finish now rather than wait for [DONE] (PROTOCOL §3.3)
+                    out = encode_events(translator.finish())
+                    if debug:
+                        debug.translated_response(out)
+                    resp.write(out)
+                    break
+            if not translator.done:  # upstream ended: flush a pending event, then finalize
+                events = _translate_payloads(parser.close(), translator, ex.provider)
+                if not translator.done:
+                    events.extend(translator.finish())
+                failed = bool(events) and events[-1]["type"] == "error"
+                out = encode_events(events)
+                if debug:
+                    debug.translated_response(out)
+                resp.write(out)
+        except UpstreamError as e:
+            upstream.close()
+            err = map_transport_error(e, ex.provider)
+            resp.write(encode_events(translator.fail(err)))
+            failed = True
+        except BaseException:
+            upstream.close()  # cancelled (client left) or failed: never pool a half-read connection
+            raise
+        finally:
+            pinger.cancel()
+            ex.book(translator.usage or {}, translator.tool_count)
+        if failed:
+            # An error event ends the stream: finish the HTTP message cleanly (so the client parses
+            # the event rather than seeing a broken transfer), then close the connection.
+            ex.status = 502
+            upstream.close()
+            await resp.end()
+            resp.abort()
+            return
+        await resp.end()
+        await _drain(chunks, upstream)
+
+    async def _ping_loop(self, resp: Responder, state: dict) -> None:
+        """Keep the client's idle timer happy while the upstream is silent (slow first token)."""
+        interval = self.ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.clock() - state["last"] >= interval and not resp.closed:
+                resp.write(_PING)
+                state["last"] = self.clock()
+
+
+def _translate_payloads(payloads: list[str], translator: StreamTranslator, provider: str) -> list[dict]:
+    events: list[dict] = []
+    for payload in payloads:
+        if payload == _DONE:
+            events.extend(translator.finish())
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            log.warning("%s: skipped a malformed stream chunk", provider)
+            continue
+        if isinstance(chunk, dict):
+            events.extend(translator.feed(chunk))
+    return events
+
+
+async def _drain(chunks, upstream: UpstreamResponse, timeout_s: float = 1.0) -> None:
+    """Read what is left of a finished upstream stream (usually just `[DONE]` and the chunked
+    terminator) so its connection can go back to the pool; give up quickly otherwise."""
+    async def rest() -> None:
+        async for _ in chunks:
+            pass
+    try:
+        await asyncio.wait_for(rest(), timeout_s)
+    except (asyncio.TimeoutError, UpstreamError):
+        pass
+    finally:
+        upstream.close()  # no-op when the body was read to the end and pooled
