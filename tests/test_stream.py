@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import os
 import random
 import sys
@@ -16,7 +17,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from stream_fixtures import FIXTURES, ID, Fixture, chunk, tc, text, tools, usage  # noqa: E402
 
-from clasp.translate.common import message_id as common_message_id  # noqa: E402
 from clasp.translate.errors import ProxyError  # noqa: E402
 from clasp.translate.sse import SSEParser, encode_events  # noqa: E402
 from clasp.translate.stream import StreamTranslator  # noqa: E402
@@ -736,9 +736,10 @@ def test_streamed_message_equals_non_streaming_translation(name: str) -> None:
     if translate_response is None:
         pytest.skip("clasp/translate/response.py (translate_response) does not exist yet")
     fx = FIXTURES[name]
-    mid = common_message_id(ID)  # the id the non-streaming path derives from the upstream id
-    streamed = accumulate(run_pieces([fx.raw], fx, message_id=mid))
+    streamed = accumulate(run_pieces([fx.raw], fx))
     expected = translate_response(NON_STREAMING[name], make_ctx(**fx.ctx), make_caps(**fx.caps))
+    # one id scheme both ways: new msg_ + 24 base62 characters, never the upstream's id
+    assert re.fullmatch(r"msg_[A-Za-z0-9]{24}", expected.pop("id")) and ID not in streamed.pop("id")
     assert streamed == expected
 
 
@@ -798,3 +799,16 @@ def test_braces_inside_string_arguments_still_stream() -> None:
                            tools(tc(0, args='"}')),
                            chunk({}, finish="tool_calls")]) + tr.finish()
     assert accumulate(events)["content"][0]["input"] == {"content": "int f() {}"}
+
+
+def test_streamed_length_short_of_the_limit_is_the_context_window() -> None:
+    tr = StreamTranslator(make_ctx(max_tokens=128000), make_caps(), MSG_ID)
+    events = feed_all(tr, [text("partial"), chunk({}, finish="length"), chunk(usage=usage(8000, 191))])
+    events += tr.finish()
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "model_context_window_exceeded"
+    assert delta["usage"]["output_tokens"] == 191
+    tr = StreamTranslator(make_ctx(max_tokens=191), make_caps(), MSG_ID)
+    events = feed_all(tr, [text("partial"), chunk({}, finish="length"), chunk(usage=usage(8000, 191))])
+    events += tr.finish()
+    assert next(e for e in events if e["type"] == "message_delta")["delta"]["stop_reason"] == "max_tokens"

@@ -981,3 +981,34 @@ def test_fixture_replay_deterministic_and_pure(provider, model, flags):
                 for v in node.values() if isinstance(node, dict) else node:
                     check(v)
         check(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# forced tool choice for servers that take tool_choice only as a string (llama.cpp)
+
+TWO_TOOLS = [{"name": "get_weather", "description": "w", "input_schema": {"type": "object", "properties": {}}},
+             {"name": "get_time", "description": "t", "input_schema": {"type": "object", "properties": {}}}]
+
+
+def test_forced_tool_is_an_object_by_default():
+    out, _ = tr(tools=TWO_TOOLS, tool_choice={"type": "tool", "name": "get_time"})
+    assert out["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    assert [t["function"]["name"] for t in out["tools"]] == ["get_weather", "get_time"]
+
+
+def test_forced_tool_becomes_required_over_only_that_tool_for_string_only_servers(caplog):
+    caps = Capabilities(string_tool_choice=True)
+    with caplog.at_level("DEBUG", logger="clasp"):
+        out, _ = tr(caps, tools=TWO_TOOLS, tool_choice={"type": "tool", "name": "get_time"})
+    assert out["tool_choice"] == "required"
+    assert [t["function"]["name"] for t in out["tools"]] == ["get_time"]
+    assert any("get_time" in r.getMessage() and "required" in r.getMessage() for r in caplog.records)
+    # the other choices are strings already and keep every tool
+    for choice, sent in (({"type": "any"}, "required"), ({"type": "auto"}, "auto"), ({"type": "none"}, "none")):
+        out, _ = tr(caps, tools=TWO_TOOLS, tool_choice=choice)
+        assert out["tool_choice"] == sent and len(out["tools"]) == 2
+
+
+def test_string_tool_choice_is_a_model_flag():
+    assert capabilities_for("custom", "m", {"string_tool_choice": "true"}).string_tool_choice is True
+    assert capabilities_for("custom", "m").string_tool_choice is False

@@ -68,7 +68,10 @@ def test_section_2_6_example_exactly():
  "usage":{"input_tokens":1076,"output_tokens":19,"cache_read_input_tokens":1024,"cache_creation_input_tokens":0}}"""
     )
     out = translate_response(upstream, make_ctx(), CAPS)
-    assert out == expected
+    # the id is the one deviation from §2.6: one scheme streamed and not (a stream's
+    # message_start goes out before the upstream's id is known), so never the upstream's id
+    assert re.fullmatch(r"msg_[A-Za-z0-9]{24}", out["id"])
+    assert out == {**expected, "id": out["id"]}
     assert list(out) == list(expected)  # key order as in the spec (stable, readable logs)
 
 
@@ -412,11 +415,8 @@ def test_random_and_message_ids():
     a, b = random_id("toolu_"), random_id("toolu_")
     assert TOOLU.match(a) and a != b
     assert re.match(r"^x[A-Za-z0-9]{5}$", random_id("x", 5))
-    assert message_id("chatcmpl-9x") == "msg_chatcmpl-9x"
-    assert message_id("gen-123:abc/def.ghi") == "msg_gen-123abcdefghi"
-    assert message_id("msg_01ABC") == "msg_01ABC"  # already Anthropic-style: no double prefix
-    for bad in (None, "", ":::", 17):
-        assert re.match(r"^msg_[A-Za-z0-9]{24}$", message_id(bad))
+    ids = {message_id() for _ in range(50)}
+    assert len(ids) == 50 and all(re.match(r"^msg_[A-Za-z0-9]{24}$", i) for i in ids)
 
 
 def test_tool_use_id_rules():
@@ -436,3 +436,27 @@ def test_content_text_shapes():
     assert content_text([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, "b"]) == "ab"
     assert content_text({"type": "text", "text": "solo"}) == "solo"
     assert content_text(12) == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# length: the output limit, or the server's context window
+
+
+@pytest.mark.parametrize("completion_tokens, sent_max, expected", [
+    (40, 40, "max_tokens"),                          # the requested limit was reached
+    (4096, 4096, "max_tokens"),                      # clasp's own output cap was reached
+    (7885, 128000, "model_context_window_exceeded"),  # llama.cpp: context full long before the limit
+    (0, 128000, "model_context_window_exceeded"),     # the prompt alone filled it
+])
+def test_length_short_of_the_limit_is_the_context_window(completion_tokens, sent_max, expected):
+    body = completion({"role": "assistant", "content": "cut"}, finish="length",
+                      usage={"prompt_tokens": 300, "completion_tokens": completion_tokens})
+    out = translate_response(body, make_ctx(max_tokens=sent_max), CAPS)
+    assert out["stop_reason"] == expected and out["stop_sequence"] is None
+
+
+def test_length_without_an_upstream_count_stays_max_tokens():
+    # no usage: nothing says the limit was not reached (the estimate is no evidence)
+    out = translate_response(completion({"role": "assistant", "content": "cut " * 50}, finish="length"),
+                             make_ctx(max_tokens=100000), CAPS)
+    assert out["stop_reason"] == "max_tokens"

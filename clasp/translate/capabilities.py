@@ -29,6 +29,9 @@ class Capabilities:
     always_show_reasoning: bool = False
     no_stream_options: bool = False
     no_forced_tool_choice: bool = False
+    # The server takes tool_choice only as a string (llama.cpp): a forced tool is sent as
+    # "required" with the tool list narrowed to that tool.
+    string_tool_choice: bool = False
     no_parallel_param: bool = False
     gemini_schema: bool = False
     mistral_ids: bool = False

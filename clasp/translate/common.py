@@ -24,7 +24,6 @@ __all__ = [
 
 _BASE62 = string.ascii_letters + string.digits
 _ID_OK = re.compile(r"[A-Za-z0-9_-]+")
-_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 # byte -> base62 character; the slight modulo bias leaves ~5.9 bits per character (142 bits in
@@ -37,15 +36,9 @@ def random_id(prefix: str, n: int = 24) -> str:
     return prefix + os.urandom(n).translate(_BYTE_TO_BASE62).decode("ascii")
 
 
-def message_id(upstream_id: str | None) -> str:
-    """Anthropic message id from the upstream completion id (§2.1).
-
-    Keeping the upstream id makes proxy logs and upstream logs correlatable."""
-    if isinstance(upstream_id, str) and upstream_id:
-        clean = _ID_BAD_CHARS.sub("", upstream_id)
-        if clean:
-            # An upstream that already speaks Anthropic ids would otherwise give "msg_msg_...".
-            return clean if clean.startswith("msg_") else "msg_" + clean
+def message_id() -> str:
+    """A new Anthropic message id (§2.1): the same scheme streamed and not, whatever the upstream's
+    own completion id looks like (ids of one kind, whichever way the client asked)."""
     return random_id("msg_")
 
 
@@ -266,12 +259,21 @@ def stop_reason_for(
     has_tool_use: bool,
     matched_stop: str | None,
     stop_sequences: list[str],
+    completion_tokens: int | None = None,
+    max_tokens: int = 0,
 ) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) per the §2.4 table.
 
     Tool blocks win over any finish_reason but `length` (OpenAI/Gemini/Ollama say `stop` with tool
-    calls; answering end_turn would make the client skip running them)."""
+    calls; answering end_turn would make the client skip running them).
+
+    `length` with fewer output tokens (as the upstream counted them) than the limit sent
+    (`max_tokens`, after clasp's own cap) means the server's context window filled up first
+    (llama.cpp, vLLM and Ollama stop there): "max_tokens" would make Claude Code ask for a
+    continuation that cannot fit, "model_context_window_exceeded" makes it compact."""
     if finish_reason == "length":
+        if completion_tokens is not None and (not max_tokens or completion_tokens < max_tokens):
+            return "model_context_window_exceeded", None
         return "max_tokens", None
     if has_tool_use:
         return "tool_use", None
@@ -284,6 +286,11 @@ def stop_reason_for(
         return "stop_sequence", matched_stop
     # stop, tool_calls/function_call without blocks, content_filter, null, error, unknown.
     return "end_turn", None
+
+
+def completion_tokens(usage: object) -> int | None:
+    """The upstream's own output-token count, or None when it did not report one."""
+    return _count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
 
 
 def _count(value: object) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from clasp.translate.capabilities import Capabilities
@@ -17,6 +18,8 @@ from clasp.translate.errors import InvalidRequest
 from clasp.translate.names import upstream_tool_id, upstream_tool_name
 from clasp.translate.schema import function_tool
 from clasp.translate.tokens import estimate_tokens
+
+log = logging.getLogger("clasp")
 
 __all__ = [
     "RequestContext",
@@ -428,33 +431,40 @@ def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dic
     return out
 
 
-def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool]:
-    """(upstream tool_choice or None, disable_parallel) for a body that has tools (§1.8)."""
+def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool, list[dict]]:
+    """(upstream tool_choice or None, disable_parallel, tools to send) for a body that has
+    tools (§1.8)."""
     choice = body.get("tool_choice")
     if choice is None:
-        return None, False
+        return None, False, tools
     if not isinstance(choice, dict):
         raise InvalidRequest("tool_choice: must be an object")
     ctype = choice.get("type")
     disable_parallel = choice.get("disable_parallel_tool_use") is True
     if ctype == "auto":
-        return "auto", disable_parallel
+        return "auto", disable_parallel, tools
     if ctype == "none":
-        return "none", disable_parallel
+        return "none", disable_parallel, tools
     if ctype == "any":
-        return ("auto" if caps.no_forced_tool_choice else "required"), disable_parallel
+        return ("auto" if caps.no_forced_tool_choice else "required"), disable_parallel, tools
     if ctype == "tool":
         name = choice.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest("tool_choice.name: must be a non-empty string")
         if caps.no_forced_tool_choice:
-            return "auto", disable_parallel
+            return "auto", disable_parallel, tools
         up_name = upstream_tool_name(name)
-        if not any(t["function"]["name"] == up_name for t in tools):
+        forced = [t for t in tools if t["function"]["name"] == up_name]
+        if not forced:
             # A server tool (web_search, ...) that was dropped: forcing a function the body
             # does not define is a 400 upstream; let the model choose instead.
-            return "auto", disable_parallel
-        return {"type": "function", "function": {"name": up_name}}, disable_parallel
+            return "auto", disable_parallel, tools
+        if caps.string_tool_choice:
+            # The server ignores an object here (llama.cpp answers as if "auto"); "required"
+            # over a list holding only the forced tool means the same thing.
+            log.debug("tool_choice %r sent as \"required\" with only that tool (string_tool_choice)", name)
+            return "required", disable_parallel, forced
+        return {"type": "function", "function": {"name": up_name}}, disable_parallel, tools
     raise InvalidRequest(f"tool_choice.type: must be one of 'auto', 'any', 'tool', 'none', got {ctype!r}")
 
 
@@ -556,8 +566,7 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
 
     tools = _tools(body, caps, name_map)
     if tools:                        # vLLM rejects tools: []; tool_choice needs tools (§1.1)
-        out["tools"] = tools
-        choice, disable_parallel = _tool_choice(body, caps, tools)
+        choice, disable_parallel, out["tools"] = _tool_choice(body, caps, tools)
         if choice is not None:
             out["tool_choice"] = choice
         if disable_parallel and not caps.no_parallel_param:

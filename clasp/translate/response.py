@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from clasp.translate.common import (
     anthropic_usage,
+    completion_tokens,
     content_text,
     message_id,
     parse_tool_arguments,
@@ -127,24 +128,25 @@ def translate_response(upstream: dict, ctx: RequestContext, caps: Capabilities) 
     finish = choice.get("finish_reason")
     if finish not in ("stop", "length", "tool_calls", "function_call", "content_filter"):
         log.info("upstream finish_reason %r; inferring stop_reason", finish)
+    usage_in = upstream.get("usage")
+    if not isinstance(usage_in, dict):
+        usage_in = None
     matched = choice.get("stop_reason")
     stop_reason, stop_sequence = stop_reason_for(
         finish if isinstance(finish, str) else None,
         bool(seen),
         matched if isinstance(matched, str) else None,
         getattr(ctx, "stop_sequences", None) or [],
+        completion_tokens(usage_in),
+        getattr(ctx, "max_tokens", 0) or 0,
     )
-
-    usage_in = upstream.get("usage")
-    if not isinstance(usage_in, dict):
-        usage_in = None
     completion = usage_in.get("completion_tokens") if usage_in else None
     # Counting output characters serializes tool inputs; skip it when the upstream counted.
     out_chars = 0 if isinstance(completion, int) and completion > 0 else _output_chars(blocks)
     usage = anthropic_usage(usage_in, int(getattr(ctx, "estimated_input_tokens", 0) or 0), out_chars)
 
     return {
-        "id": message_id(upstream.get("id")),
+        "id": message_id(),
         "type": "message",
         "role": "assistant",
         "model": ctx.requested_model,

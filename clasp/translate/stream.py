@@ -17,6 +17,7 @@ from typing import Any
 
 from .common import (
     anthropic_usage,
+    completion_tokens,
     content_text,
     message_id as _new_message_id,
     parse_tool_arguments,
@@ -83,7 +84,7 @@ class StreamTranslator:
         self.ctx = ctx
         self.caps = caps
         self.provider = provider                # prefixes mid-stream error messages (§4)
-        self.message_id = message_id or _new_message_id(None)
+        self.message_id = message_id or _new_message_id()
         self._show_thinking = bool(getattr(ctx, "show_thinking", False))
         self._think_tags = bool(getattr(caps, "think_tags", False))
         self._buffer_tools = bool(getattr(caps, "buffer_tool_args", False))
@@ -285,7 +286,8 @@ class StreamTranslator:
                 self._close_open(out)
         stop_reason, stop_sequence = stop_reason_for(
             self._finish_reason, self._tool_blocks > 0, self._matched_stop,
-            getattr(self.ctx, "stop_sequences", None) or [])
+            getattr(self.ctx, "stop_sequences", None) or [],
+            completion_tokens(self._raw_usage), getattr(self.ctx, "max_tokens", 0) or 0)
         self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
         out.append({"type": "message_delta",
                     "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
