@@ -22,16 +22,17 @@ from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
 from clasp.ops.metrics import Metrics
 from clasp.pipeline.chain import UpstreamChain
+from clasp.pipeline.count_tokens import CountTokens
 from clasp.pipeline.messages import MessagesPipeline
 from clasp.pipeline.relay import Relay
-from clasp.pipeline.wire import invalid, parse_body, send_error, send_json
+from clasp.pipeline.wire import send_error, send_json
 from clasp.redaction import secret_variants
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
 from clasp.translate.capabilities import capabilities_for
-from clasp.translate.errors import InvalidRequest, ProxyError
-from clasp.translate.tokens import estimate_tokens
+from clasp.translate.errors import ProxyError
 from clasp.upstream.client import UpstreamClient
+from clasp.upstream.servers import ServerRegistry
 
 
 class App:
@@ -65,17 +66,19 @@ class App:
         variants = secret_variants(secrets)  # and their JSON-escaped forms
         access_log = AccessLog(stream, cfg.log_format, secrets=secrets) if cfg.access_log else None
         self.access_log = access_log
+        self.servers = ServerRegistry(self.client, enabled=cfg.probe_upstream)
         debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, secrets)
                      if cfg.debug_log_requests or cfg.debug_log_responses else None)
         self.metrics = Metrics(clock=clock)
         self.chain = chain = UpstreamChain(cfg, self.client, self.metrics, targets=list(self.router.targets),
-                              model_flags=model_flags, cache=cache, debug_log=debug_log,
+                              model_flags=model_flags, servers=self.servers, cache=cache, debug_log=debug_log,
                               secret_variants=variants)
         self.relay = relay = Relay(clock=clock, ping_interval=cfg.stream_ping_interval, cache=cache, debug_log=debug_log,
                       secret_variants=variants)
         self.pipeline = MessagesPipeline(clock=clock, router=self.router, chain=chain, relay=relay,
                                          metrics=self.metrics, limiter=limiter, access_log=access_log,
                                          debug_log=debug_log)
+        self.count = CountTokens(self.router, chain)
         self.metrics.set_sources(
             breakers=(lambda: {name: b.state for name, b in chain.breakers.items()}) if cfg.circuit_breaker else None,
             queue=(lambda: {"depth": chain.queue.depth(), **chain.queue.stats}) if chain.queue else None,
@@ -166,7 +169,7 @@ class App:
         if endpoint == "/v1/messages":
             return client_id
         if endpoint == "/v1/messages/count_tokens":
-            await self.count_tokens(req, resp)
+            await self.count.handle(req, resp)
         elif endpoint == "/":
             await send_json(resp, 200, self.info())
         elif endpoint == "/health":
@@ -198,19 +201,6 @@ class App:
             data.append({"type": "model", "id": name, "display_name": f"{name} -> {route.model}",
                          "created_at": "2025-01-01T00:00:00Z"})
         return {"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]}
-
-    async def count_tokens(self, req: Request, resp: Responder) -> None:
-        try:
-            body = parse_body(req.body)
-            if not isinstance(body.get("messages"), list):
-                raise InvalidRequest("messages: field required (a list of messages)")
-            if not isinstance(body.get("model"), str) or not body["model"]:
-                raise InvalidRequest("model: field required")
-            tokens = estimate_tokens(body)
-        except InvalidRequest as e:
-            await send_error(resp, invalid(str(e)))
-            return
-        await send_json(resp, 200, {"input_tokens": tokens})
 
     async def messages(self, req: Request, resp: Responder, client_id: str) -> None:
         """POST /v1/messages for an authorized client (embedding and tests)."""

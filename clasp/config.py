@@ -84,6 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("read_timeout", float, 600.0, "CLASP_READ_TIMEOUT", "read-timeout",
        "seconds one upstream read may wait (per read, not per request)"),
     _s("pool_size", int, 32, "CLASP_POOL_SIZE", "pool-size", "idle upstream connections kept per origin"),
+    _s("probe_upstream", bool, True, "CLASP_PROBE_UPSTREAM", "probe-upstream",
+       "ask a custom upstream once which server it is (llama.cpp, vLLM) to adapt requests and count tokens exactly"),
     _s("stream_ping_interval", float, 15.0, "CLASP_STREAM_PING_INTERVAL", "stream-ping-interval",
        "seconds of upstream silence before a ping event is sent to the client"),
     # retries
@@ -191,6 +193,7 @@ class Config:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     pool_size: int = 32
+    probe_upstream: bool = True
     stream_ping_interval: float = 15.0
     max_retries: int = 2
     retry_base_delay_ms: int = 500

@@ -99,6 +99,11 @@ class FakeUpstream:
         self.lt = lt
         self.script = script or (lambda seen: json_reply(completion()))
         self.requests: list[Seen] = []
+        # clasp asks a custom upstream once which server it is (GET /props, GET /version): kept
+        # apart from the model requests; by default answered 404 like most OpenAI-compatible servers
+        self.probes: list[Seen] = []
+        self.probe_script: Callable[[Seen], Reply] = lambda seen: json_reply(
+            {"error": {"message": "File Not Found", "type": "not_found_error"}}, 404)
         self.connections = 0
         self.server = lt.run(asyncio.start_server(self._conn, "127.0.0.1", 0, ssl=ssl_context))
         self.port = self.server.sockets[0].getsockname()[1]
@@ -124,8 +129,12 @@ class FakeUpstream:
                         headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
                 seen = Seen(method, target, headers, body)
-                self.requests.append(seen)
-                reply = self.script(seen)
+                if method == "GET" and target.endswith(("/props", "/version")):
+                    self.probes.append(seen)
+                    reply = self.probe_script(seen)
+                else:
+                    self.requests.append(seen)
+                    reply = self.script(seen)
                 if reply.hang:
                     await asyncio.sleep(reply.hang)
                 if reply.drop:

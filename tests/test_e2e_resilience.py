@@ -121,7 +121,9 @@ def test_retry_exhaustion_returns_the_mapped_upstream_error(lt, upstream, proxie
 
 def test_retry_exhaustion_on_dropped_connections_is_502(lt, upstream, proxies):
     upstream.script = lambda seen: Reply(drop=True)
-    p = start(proxies, lt, upstream, "-max-retries", "2")
+    # no probe: its pooled connection would add the client's one free retry on a reused
+    # connection that dropped, and this test counts the policy's attempts
+    p = start(proxies, lt, upstream, "-max-retries", "2", "-probe-upstream=false")
     status, _, body = p.post(HELLO)
     assert status == 502 and body["error"]["type"] == "api_error"
     assert len(upstream.requests) == 3
@@ -593,7 +595,7 @@ def test_unexpected_error_in_a_half_open_probe_frees_the_probe_slot():
             pass
 
     cfg, _ = load_config(["-provider", "custom", "-max-retries", "0", "-circuit-breaker", "-cb-threshold", "1",
-                          "-cb-timeout", "0.001", "-access-log=false"],
+                          "-cb-timeout", "0.001", "-access-log=false", "-probe-upstream=false"],
                          {"CUSTOM_BASE_URL": "http://127.0.0.1:9/v1", "HOME": "/nonexistent-clasp-test-home"})
     client = Client()
     app = App(cfg, client=client)

@@ -19,6 +19,7 @@ from clasp.translate.context import RequestContext
 from clasp.translate.errors import InvalidRequest, ProxyError, map_transport_error, map_upstream_error
 from clasp.translate.request import translate_request
 from clasp.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
+from clasp.upstream.servers import UNKNOWN, ServerInfo, ServerRegistry
 
 # Statuses meaning "the provider is unavailable" (queue and fallback act on these).
 _UNAVAILABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
@@ -33,10 +34,11 @@ def is_unavailable(outcome: object) -> bool:
 
 class UpstreamChain:
     def __init__(self, cfg: Config, client: UpstreamClient, metrics: Metrics, *, targets: list[str],
-                 model_flags: dict, cache=None, debug_log: DebugLog | None = None,
+                 model_flags: dict, servers: ServerRegistry, cache=None, debug_log: DebugLog | None = None,
                  secret_variants: list[str] = ()) -> None:
         self.cfg = cfg
         self.client = client
+        self.servers = servers
         self.metrics = metrics
         self.cache = cache
         self.debug_log = debug_log
@@ -48,16 +50,19 @@ class UpstreamChain:
             self.breakers = {name: self._breaker() for name in targets}
         self.queue = (RequestQueue(cfg.queue_max_size, cfg.queue_max_wait, cfg.queue_retry_delay / 1000,
                                    cfg.queue_max_retries) if cfg.queue else None)
-        self._caps: dict[tuple[str, str], Capabilities] = {}
+        self._caps: dict[tuple[str, str, ServerInfo], Capabilities] = {}
 
     def _breaker(self) -> CircuitBreaker:
         return CircuitBreaker(self.cfg.cb_threshold, self.cfg.cb_recovery, self.cfg.cb_timeout)
 
-    def caps_for(self, route: Route) -> Capabilities:
-        key = (route.target.name, route.model)
+    def caps_for(self, route: Route, server: ServerInfo = UNKNOWN) -> Capabilities:
+        """Flags for the route's model: model family, then what the server needs (a probed
+        llama.cpp), then CLASP_MODEL_FLAGS, which always win."""
+        key = (route.target.name, route.model, server)
         caps = self._caps.get(key)
         if caps is None:
-            caps = capabilities_for(route.target.provider, route.model, self.model_flags)
+            flags = {**server.capability_defaults(), **self.model_flags}
+            caps = capabilities_for(route.target.provider, route.model, flags)
             if len(self._caps) > 1024:
                 self._caps.clear()
             self._caps[key] = caps
@@ -68,12 +73,12 @@ class UpstreamChain:
         `box` holds the parsed client body; it is emptied once no route needs it any more."""
         prepared: dict[int, tuple] = {}
 
-        def prepare(i: int) -> tuple:
+        def prepare(i: int, server: ServerInfo) -> tuple:
             # translate once per route: fallbacks may need other capabilities
             if i not in prepared:
                 body = box[0]
                 route = routes[i]
-                caps = self.caps_for(route)
+                caps = self.caps_for(route, server)
                 try:
                     upstream_body, ctx = translate_request(body, route.model, caps)
                 except InvalidRequest as e:
@@ -93,7 +98,8 @@ class UpstreamChain:
         async def chain():
             last: ProxyError | None = None
             for i, route in enumerate(routes):
-                ctx, caps, payload, cache_key = prepare(i)
+                server = await self.servers.info(route.target)  # probed once per custom target
+                ctx, caps, payload, cache_key = prepare(i, server)
                 if cache_key is not None:
                     hit = self.cache.get(cache_key)
                     if hit is not None:

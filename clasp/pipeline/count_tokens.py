@@ -1,0 +1,49 @@
+"""POST /v1/messages/count_tokens: the upstream's exact count when it offers one (llama.cpp,
+vLLM), else the local estimate. Never an upstream model call."""
+
+from __future__ import annotations
+
+from clasp.config import ConfigError
+from clasp.pipeline.chain import UpstreamChain
+from clasp.pipeline.wire import invalid, parse_body, send_error, send_json
+from clasp.routing.providers import Router
+from clasp.server.http import Request, Responder
+from clasp.translate.errors import InvalidRequest
+from clasp.translate.request import translate_request
+from clasp.translate.tokens import estimate_tokens
+
+
+class CountTokens:
+    def __init__(self, router: Router, chain: UpstreamChain) -> None:
+        self.router = router
+        self.chain = chain
+
+    async def handle(self, req: Request, resp: Responder) -> None:
+        try:
+            body = parse_body(req.body)
+            if not isinstance(body.get("messages"), list):
+                raise InvalidRequest("messages: field required (a list of messages)")
+            if not isinstance(body.get("model"), str) or not body["model"]:
+                raise InvalidRequest("model: field required")
+            tokens = await self._exact(body)
+            if tokens is None:
+                tokens = estimate_tokens(body)
+        except InvalidRequest as e:
+            await send_error(resp, invalid(str(e)))
+            return
+        await send_json(resp, 200, {"input_tokens": tokens})
+
+    async def _exact(self, body: dict) -> int | None:
+        try:
+            route = self.router.resolve(body["model"])[0]
+        except ConfigError:
+            return None  # a provider,model naming a provider without credentials: estimate
+        servers = self.chain.servers
+        server = await servers.info(route.target)
+        if not server.counts_tokens:
+            return None
+        # count what clasp would send: the same translation as a real request (count_tokens
+        # bodies carry no max_tokens and never stream)
+        upstream_body, _ = translate_request({**body, "max_tokens": 1, "stream": False}, route.model,
+                                             self.chain.caps_for(route, server))
+        return await servers.count_tokens(route.target, server, upstream_body)
