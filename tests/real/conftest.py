@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,13 +118,28 @@ def claude_env(home: Path, base_url: str, api_key: str = "x", **extra: str) -> d
     return env
 
 
-def run_claude(binary: Path, prompt: str, env: dict, cwd: Path, *extra_args: str,
+def run_claude(binary: Path | list[str], prompt: str, env: dict, cwd: Path, *extra_args: str,
                timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """`claude -p PROMPT --output-format json`: the process and its parsed JSON result."""
-    cmd = [str(binary), "-p", prompt, "--output-format", "json", "--dangerously-skip-permissions",
+    """`claude -p PROMPT --output-format json`: the process and its parsed JSON result.
+
+    binary is the claude executable, or a command that ends in one and takes claude's arguments
+    (e.g. [python, -m, clasp, claude]). On timeout the whole process group is killed (Claude Code,
+    the shells its tools started, the launcher's child) and subprocess.TimeoutExpired is raised
+    with the output so far."""
+    prefix = [str(binary)] if isinstance(binary, (str, Path)) else [str(a) for a in binary]
+    cmd = [*prefix, "-p", prompt, "--output-format", "json", "--dangerously-skip-permissions",
            *extra_args]
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    # Its own process group: killing only the direct child would leave grandchildren holding the
+    # output pipes, and reading them to the end would then wait without bound.
+    child = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate(timeout=10)
+        raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr) from None
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     result = None
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
