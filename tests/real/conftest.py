@@ -52,20 +52,28 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, wh
     raise RuntimeError(f"{what or url} not ready after {timeout}s: {last}")
 
 
-class LlamaServer:
-    """A running llama-server: SmolLM2-135M with a Qwen2.5-style tool template, one slot."""
+TOOL_TEMPLATE = Path(__file__).parent / "chatml-tools.jinja"
 
-    def __init__(self, binary: Path, model: Path, log_path: Path) -> None:
+
+class LlamaServer:
+    """A running llama-server: SmolLM2-135M with clasp's ChatML tool template, one slot, no prompt
+    cache (so usage is comparable between requests)."""
+
+    def __init__(self, binary: Path, model: Path, log_path: Path, context: int = 8192) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        template = binary.parent / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+        self.context = context
+        self.log_path = log_path
         cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-               "--jinja", "-c", "8192", "-np", "1", "-t", "2", "--no-cache-prompt", "--no-webui"]
-        if template.exists():
-            cmd += ["--chat-template-file", str(template)]
+               "--jinja", "--chat-template-file", str(TOOL_TEMPLATE), "-c", str(context), "-np", "1",
+               "-t", "2", "--no-cache-prompt", "--no-webui"]
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         wait_http(self.base + "/health", 120, self.proc, "llama-server")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
 
     def post(self, path: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
         req = urllib.request.Request(self.base + path, json.dumps(body).encode(),
@@ -89,6 +97,15 @@ class LlamaServer:
 def llama(tmp_path_factory):
     server = LlamaServer(provision.llama_server(), provision.model(),
                          tmp_path_factory.mktemp("llama") / "llama-server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_small(tmp_path_factory):
+    """A 512-token context: filling it takes a second, not a minute of prefill."""
+    server = LlamaServer(provision.llama_server(), provision.model(),
+                         tmp_path_factory.mktemp("llama-small") / "llama-server.log", context=512)
     yield server
     server.stop()
 
