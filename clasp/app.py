@@ -18,13 +18,14 @@ from typing import TextIO
 from clasp import __version__
 from clasp.config import Config, ConfigError, parse_model_flags
 from clasp.ops.auth import AuthPolicy
+from clasp.ops.guard import RequestGuard
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
 from clasp.ops.metrics import Metrics
 from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.messages import MessagesPipeline
 from clasp.pipeline.relay import Relay
-from clasp.pipeline.wire import invalid, parse_body, send_error, send_json
+from clasp.pipeline.wire import JSON_HEADER, invalid, json_bytes, parse_body, send_error, send_json
 from clasp.redaction import secret_variants
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
@@ -44,6 +45,7 @@ class App:
         self.router = Router(cfg)
         self.client = client or UpstreamClient(connect_timeout=cfg.connect_timeout,
                                                read_timeout=cfg.read_timeout, pool_size=cfg.pool_size)
+        self.guard = RequestGuard.from_config(cfg)
         self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
                                cfg.auth_allow_anonymous_metrics)
         self.limiter = limiter = None
@@ -154,6 +156,10 @@ class App:
                              {"allow": ", ".join(methods), "x-should-retry": "false"}, False)
             await send_error(resp, err)
             return None
+        refused = self.guard.check(req.method, req.headers)  # web pages: before auth and parsing
+        if refused is not None:
+            await send_error(resp, refused)
+            return None
         client_id = req.client
         if self.auth.requires_auth(endpoint):
             identity = self.auth.check(req.headers)
@@ -166,7 +172,7 @@ class App:
         if endpoint == "/v1/messages":
             return client_id
         if endpoint == "/v1/messages/count_tokens":
-            await self.count_tokens(req, resp)
+            await self.count_tokens(req, resp, client_id)
         elif endpoint == "/":
             await send_json(resp, 200, self.info())
         elif endpoint == "/health":
@@ -199,7 +205,16 @@ class App:
                          "created_at": "2025-01-01T00:00:00Z"})
         return {"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]}
 
-    async def count_tokens(self, req: Request, resp: Responder) -> None:
+    async def count_tokens(self, req: Request, resp: Responder, client_id: str | None = None) -> None:
+        """POST /v1/messages/count_tokens: a local estimate, rate-limited like /v1/messages
+        (client_id: the rate-limit key, the peer address by default)."""
+        headers = [JSON_HEADER]
+        if self.limiter is not None:
+            try:
+                headers.extend(self.limiter.admit(req.client if client_id is None else client_id))
+            except ProxyError as err:
+                await send_error(resp, err)
+                return
         try:
             body = parse_body(req.body)
             if not isinstance(body.get("messages"), list):
@@ -210,7 +225,7 @@ class App:
         except InvalidRequest as e:
             await send_error(resp, invalid(str(e)))
             return
-        await send_json(resp, 200, {"input_tokens": tokens})
+        await resp.send(200, headers, json_bytes({"input_tokens": tokens}))
 
     async def messages(self, req: Request, resp: Responder, client_id: str) -> None:
         """POST /v1/messages for an authorized client (embedding and tests)."""
