@@ -218,7 +218,7 @@ async def one_request(port: int, stream: bool, timeout_s: float) -> tuple[str, s
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
-        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                      b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         status, headers, raw, complete = await asyncio.wait_for(read_response(reader), timeout_s)
         return classify(status, headers, raw, complete)

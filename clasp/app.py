@@ -18,6 +18,7 @@ from typing import TextIO
 from clasp import __version__
 from clasp.config import Config, ConfigError, parse_model_flags
 from clasp.ops.auth import AuthPolicy
+from clasp.ops.guard import RequestGuard
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
 from clasp.ops.metrics import Metrics
@@ -45,6 +46,7 @@ class App:
         self.router = Router(cfg)
         self.client = client or UpstreamClient(connect_timeout=cfg.connect_timeout,
                                                read_timeout=cfg.read_timeout, pool_size=cfg.pool_size)
+        self.guard = RequestGuard.from_config(cfg)
         self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
                                cfg.auth_allow_anonymous_metrics)
         self.limiter = limiter = None
@@ -78,7 +80,7 @@ class App:
         self.pipeline = MessagesPipeline(clock=clock, router=self.router, chain=chain, relay=relay,
                                          metrics=self.metrics, limiter=limiter, access_log=access_log,
                                          debug_log=debug_log)
-        self.count = CountTokens(self.router, chain)
+        self.count = CountTokens(self.router, chain, limiter)
         self.metrics.set_sources(
             breakers=(lambda: {name: b.state for name, b in chain.breakers.items()}) if cfg.circuit_breaker else None,
             queue=(lambda: {"depth": chain.queue.depth(), **chain.queue.stats}) if chain.queue else None,
@@ -157,6 +159,10 @@ class App:
                              {"allow": ", ".join(methods), "x-should-retry": "false"}, False)
             await send_error(resp, err)
             return None
+        refused = self.guard.check(req.method, req.headers)  # web pages: before auth and parsing
+        if refused is not None:
+            await send_error(resp, refused)
+            return None
         client_id = req.client
         if self.auth.requires_auth(endpoint):
             identity = self.auth.check(req.headers)
@@ -169,7 +175,7 @@ class App:
         if endpoint == "/v1/messages":
             return client_id
         if endpoint == "/v1/messages/count_tokens":
-            await self.count.handle(req, resp)
+            await self.count.handle(req, resp, client_id)
         elif endpoint == "/":
             await send_json(resp, 200, self.info())
         elif endpoint == "/health":

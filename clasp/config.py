@@ -6,6 +6,7 @@ type and default; README.md and clasp.example.toml document the same table.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -55,6 +56,10 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds in-flight requests get to finish on SIGINT/SIGTERM"),
     _s("memory_trim_after", float, 5.0, "CLASP_MEMORY_TRIM_AFTER", "memory-trim-after",
        "idle seconds after traffic before freed memory is returned to the OS (glibc; 0 = never)"),
+    _s("allowed_hosts", str, "", "CLASP_ALLOWED_HOSTS", "allowed-hosts",
+       "Host names accepted besides loopback ones when listening on loopback (comma list, * = any)"),
+    _s("allowed_origins", str, "", "CLASP_ALLOWED_ORIGINS", "allowed-origins",
+       "browser origins allowed to call the proxy (comma list, * = any; default none)"),
     # provider and models
     _s("provider", str, "openai", "PROVIDER", "provider", "openai, azure, openrouter or custom"),
     _s("model", str, "", ("CLASP_MODEL", "CLASP_DEFAULT_MODEL"), "model", "model for all requests"),
@@ -65,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
        "exact aliases 'requested=upstream,...' (upstream may be 'provider:model')"),
     _s("model_flags", str, "", "CLASP_MODEL_FLAGS", "model-flags",
        "capability flags for the upstream model, e.g. 'no_stream_options,max_output_cap=16384'"),
+    _s("client_model_choice", str, "auto", "CLASP_CLIENT_MODEL_CHOICE", "client-model-choice",
+       "let clients pick the provider ('provider,model') and pass other model names through: "
+       "auto (on when listening on loopback without auth), on or off"),
     _s("openai_api_key", str, "", "OPENAI_API_KEY", None, "OpenAI API key", secret=True),
     _s("openai_base_url", str, "https://api.openai.com/v1", "OPENAI_BASE_URL", None, "OpenAI base URL"),
     _s("azure_api_key", str, "", "AZURE_API_KEY", None, "Azure OpenAI API key", secret=True),
@@ -158,6 +166,23 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 _BY_FLAG = {s.flag: s for s in SETTINGS if s.flag}
 PROVIDERS = ("openai", "azure", "openrouter", "custom")
+CLIENT_MODEL_CHOICES = ("auto", "on", "off")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback name or address: localhost, *.localhost, 127.0.0.0/8, ::1 (with or
+    without brackets). The empty bind address (all interfaces) is not loopback."""
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
+        return True
+    try:
+        addr = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 @dataclass(frozen=True)
@@ -171,6 +196,8 @@ class Config:
     write_timeout: float = 120.0
     shutdown_timeout: float = 30.0
     memory_trim_after: float = 5.0
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
     provider: str = "openai"
     model: str = ""
     model_opus: str = ""
@@ -178,6 +205,7 @@ class Config:
     model_haiku: str = ""
     model_aliases: str = ""
     model_flags: str = ""
+    client_model_choice: str = "auto"
     openai_api_key: str = ""
     openai_base_url: str = "https://api.openai.com/v1"
     azure_api_key: str = ""
@@ -252,6 +280,15 @@ class Config:
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
         return [v for s in SETTINGS if s.secret and (v := getattr(self, s.name))]
+
+    @property
+    def client_chooses_model(self) -> bool:
+        """May a request name its provider ("provider,model") and pass other names through?
+        Useful to one developer on loopback; in a shared gateway it lets any client spend any
+        configured credential on any model, so "auto" allows it only on loopback without auth."""
+        if self.client_model_choice == "auto":
+            return not self.auth and is_loopback_host(self.host)
+        return self.client_model_choice == "on"
 
     @property
     def debug_log_requests(self) -> bool:
@@ -464,6 +501,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"port {cfg.port} out of range (CLASP_PORT / -port)")
     if cfg.workers < 1:
         raise ConfigError("workers must be at least 1 (CLASP_WORKERS / -workers)")
+    if cfg.client_model_choice not in CLIENT_MODEL_CHOICES:
+        raise ConfigError(f"client model choice must be {', '.join(CLIENT_MODEL_CHOICES)}, got "
+                          f"{cfg.client_model_choice!r} (CLASP_CLIENT_MODEL_CHOICE / -client-model-choice)")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log format must be text or json (CLASP_LOG_FORMAT / -log-format)")
     if cfg.auth and not cfg.auth_api_key:

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,8 +29,11 @@ from clasp.config import Config, ConfigError, load_config
 from clasp.server.run import LOG_FORMAT, log_level, serve
 
 INSTALL_HINT = "npm install -g @anthropic-ai/claude-code"
-# Sent as the API key when the proxy has no auth: Claude Code refuses to start without one.
-PLACEHOLDER_KEY = "clasp"
+# The private proxy always requires a key (the user's CLASP_AUTH_API_KEY, else a random one per
+# session) so that nothing else on the machine, a web page included, can use it. Claude Code asks
+# once to approve a custom ANTHROPIC_API_KEY and remembers the answer by the key's last 20
+# characters: the random part comes first and this fixed tail last, so it asks once, not every run.
+SESSION_KEY_TAIL = "-clasp-session-proxy"
 LOG_NAME = "claude-proxy.log"
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 # Settings in the child's environment that would send Claude Code somewhere other than the proxy
@@ -45,11 +49,29 @@ def log_path(env: Mapping[str, str]) -> Path:
     return Path(cache) / "clasp" / LOG_NAME
 
 
+def session_key() -> str:
+    """A new random key for one run's private proxy."""
+    return secrets.token_urlsafe(32) + SESSION_KEY_TAIL
+
+
+def private_config(cfg: Config) -> Config:
+    """The user's config as the private proxy runs it: loopback, one process, a short drain (the
+    only client is the child, gone by then), and a key always required."""
+    private = dataclasses.replace(cfg, host="127.0.0.1", port=0, workers=1,
+                                  shutdown_timeout=min(cfg.shutdown_timeout, 2.0))
+    # The session key below is not the user's choice of auth: "auto" is decided for the loopback
+    # proxy the user configured, which serves one developer.
+    private = dataclasses.replace(private, client_model_choice="on" if private.client_chooses_model else "off")
+    if not private.auth:
+        private = dataclasses.replace(private, auth=True, auth_api_key=session_key())
+    return private
+
+
 def child_env(env: Mapping[str, str], port: int, cfg: Config) -> dict[str, str]:
-    """The environment for `claude`: pointed at the proxy, with its key when auth is on."""
+    """The environment for `claude`: pointed at the proxy, with the proxy's key."""
     out = {k: v for k, v in env.items() if k not in _OVERRIDING_ENV}
     out["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-    out["ANTHROPIC_API_KEY"] = cfg.auth_api_key if cfg.auth else PLACEHOLDER_KEY
+    out["ANTHROPIC_API_KEY"] = cfg.auth_api_key
     return out
 
 
@@ -168,9 +190,7 @@ def run_claude(args: list[str]) -> int:
         print("clasp: error: the `claude` command (Claude Code) is not on PATH.\n"
               f"Install it with:  {INSTALL_HINT}", file=sys.stderr)
         return 127
-    # Loopback only, one process, and a short drain: the only client is the child, gone by then.
-    cfg = dataclasses.replace(cfg, host="127.0.0.1", port=0, workers=1,
-                              shutdown_timeout=min(cfg.shutdown_timeout, 2.0))
+    cfg = private_config(cfg)
     path = log_path(os.environ)
     log_stream = _open_log(path)
     if log_stream is None and cfg.access_log:

@@ -207,7 +207,9 @@ class Proxy:
                 timeout: float = 20) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        hdrs = {"content-type": "application/json", **(headers or {})}
+        hdrs = dict(headers or {})
+        if not any(k.lower() == "content-type" for k in hdrs):  # one field, whatever its case
+            hdrs["content-type"] = "application/json"
         conn.request(method, path, body=data, headers=hdrs)
         r = conn.getresponse()
         out = r.read()

@@ -358,7 +358,7 @@ def test_client_leaving_the_queue_is_removed(lt, upstream, proxies):
               "-queue-retry-delay", "20", "-queue-max-wait", "10", "-queue-max-retries", "1000")
     s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
     body = json.dumps(HELLO).encode()
-    s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
               b"content-length: %d\r\n\r\n%s" % (len(body), body))
     wait_for(lambda: p.metrics()["queue"]["depth"] == 1, "the request to be queued")
     s.close()

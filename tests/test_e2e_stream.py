@@ -159,7 +159,7 @@ def test_events_are_relayed_as_they_arrive(proxy, upstream):
     upstream.script = lambda seen: sse_reply(chunks, delay=0.3)
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     body = json.dumps(STREAM).encode()
-    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     start = time.monotonic()
     got = b""
@@ -175,7 +175,7 @@ def test_client_disconnect_cancels_upstream_and_pool_stays_healthy(proxy, upstre
     upstream.script = lambda seen: sse_reply(text_chunks(["x"] * 50), delay=0.05)
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     body = json.dumps(STREAM).encode()
-    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     got = b""
     while b"text_delta" not in got:

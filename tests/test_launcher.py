@@ -55,6 +55,11 @@ conn.request("POST", "/v1/messages?beta=true", body=body,
                        "x-api-key": os.environ["ANTHROPIC_API_KEY"]})
 r = conn.getresponse()
 report["messages"] = [r.status, json.loads(r.read())]
+report["other_keys"] = []  # what anything else on the machine gets (a web page knows no key)
+for other in ({"x-api-key": "clasp"}, {}):
+    conn.request("POST", "/v1/messages", body=body, headers={"content-type": "application/json", **other})
+    r = conn.getresponse()
+    report["other_keys"].append([r.status, json.loads(r.read())["error"]["type"]])
 save()
 sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
 '''
@@ -110,7 +115,9 @@ def test_claude_runs_against_the_proxy_and_its_exit_code_is_returned(tmp_path, f
     assert report["argv"] == args
     child_env = report["env"]
     assert child_env["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:")
-    assert child_env["ANTHROPIC_API_KEY"] == "clasp"      # no auth: a placeholder Claude Code accepts
+    # no auth configured: the private proxy still requires a key, random for this session
+    assert child_env["ANTHROPIC_API_KEY"].endswith("-clasp-session-proxy")
+    assert len(child_env["ANTHROPIC_API_KEY"]) > 40
     assert child_env["ANTHROPIC_AUTH_TOKEN"] is None      # would override the key
     assert child_env["CLAUDE_CODE_USE_BEDROCK"] is None   # would bypass ANTHROPIC_BASE_URL
     assert child_env["KEEP_ME"] == "yes"                  # the rest of the environment is passed on
@@ -138,6 +145,20 @@ def test_auth_key_is_handed_to_claude(tmp_path, fake_claude, upstream):
     assert report["env"]["ANTHROPIC_API_KEY"] == "proxy-secret-123"
     assert report["messages"][0] == 200                   # the proxy accepted the key
     assert "proxy-secret-123" not in (tmp_path / "cache" / "clasp" / "claude-proxy.log").read_text()
+
+
+def test_private_proxy_key_is_random_per_run_and_required(tmp_path, fake_claude, upstream):
+    keys = []
+    for _ in range(2):
+        proc = run_launcher([], launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0"), tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        report = read_report(tmp_path)
+        assert report["messages"][0] == 200                   # Claude Code's key works
+        assert report["other_keys"] == [[401, "authentication_error"]] * 2  # the old placeholder, no key
+        keys.append(report["env"]["ANTHROPIC_API_KEY"])
+    assert keys[0] != keys[1]
+    log = (tmp_path / "cache" / "clasp" / "claude-proxy.log").read_text()
+    assert keys[0] not in log and keys[1] not in log
 
 
 def test_unwritable_log_location_keeps_the_terminal_clean(tmp_path, fake_claude, upstream):

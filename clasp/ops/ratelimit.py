@@ -29,6 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from clasp.translate.errors import ProxyError
+
 __all__ = ["RateLimiter", "RateDecision", "format_rfc3339"]
 
 # Cap on front-of-LRU entries examined per acquire(), so one call never does unbounded work.
@@ -137,6 +139,15 @@ class RateLimiter:
                 del buckets[key]
             else:
                 return
+
+    def admit(self, key: str) -> list[tuple[str, str]]:
+        """One request from ``key``: the rate-limit headers for its response, or ProxyError 429
+        (with retry-after and the same headers) when the bucket is empty."""
+        decision = self.acquire(key)
+        headers = self.headers(decision)
+        if not decision.allowed:
+            raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client", dict(headers), False)
+        return headers
 
     def headers(self, decision: RateDecision) -> list[tuple[str, str]]:
         """Response headers for ``decision`` (lower-case names)."""

@@ -5,20 +5,30 @@ from __future__ import annotations
 
 from clasp.config import ConfigError
 from clasp.pipeline.chain import UpstreamChain
-from clasp.pipeline.wire import invalid, parse_body, send_error, send_json
+from clasp.pipeline.wire import JSON_HEADER, invalid, json_bytes, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
-from clasp.translate.errors import InvalidRequest
+from clasp.translate.errors import InvalidRequest, ProxyError
 from clasp.translate.request import translate_request
 from clasp.translate.tokens import estimate_tokens
 
 
 class CountTokens:
-    def __init__(self, router: Router, chain: UpstreamChain) -> None:
+    def __init__(self, router: Router, chain: UpstreamChain, limiter=None) -> None:
         self.router = router
         self.chain = chain
+        self.limiter = limiter
 
-    async def handle(self, req: Request, resp: Responder) -> None:
+    async def handle(self, req: Request, resp: Responder, client_id: str | None = None) -> None:
+        """client_id: the rate-limit key (the peer address by default); the same bucket as
+        /v1/messages."""
+        headers = [JSON_HEADER]
+        if self.limiter is not None:
+            try:
+                headers.extend(self.limiter.admit(req.client if client_id is None else client_id))
+            except ProxyError as err:
+                await send_error(resp, err)
+                return
         try:
             body = parse_body(req.body)
             if not isinstance(body.get("messages"), list):
@@ -31,7 +41,7 @@ class CountTokens:
         except InvalidRequest as e:
             await send_error(resp, invalid(str(e)))
             return
-        await send_json(resp, 200, {"input_tokens": tokens})
+        await resp.send(200, headers, json_bytes({"input_tokens": tokens}))
 
     async def _exact(self, body: dict) -> int | None:
         try:

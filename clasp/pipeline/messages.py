@@ -61,12 +61,7 @@ class MessagesPipeline:
         # rate limit
         extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
         if self.limiter is not None:
-            decision = self.limiter.acquire(client_id)
-            rl_headers = self.limiter.headers(decision)
-            if not decision.allowed:
-                raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client",
-                                 dict(rl_headers), False)
-            extra_headers.extend(rl_headers)
+            extra_headers.extend(self.limiter.admit(client_id))
         # parse
         if self.debug_log:
             self.debug_log.incoming_request(req.body, req.headers)

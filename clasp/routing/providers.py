@@ -18,6 +18,8 @@ DEFAULT_BASE_URLS = {
 }
 # What a claude-* request maps to when no model is configured for it.
 DEFAULT_MODELS = {"openai": "gpt-4o", "openrouter": "openai/gpt-4o"}
+CHOICE_OFF = ("choosing the provider in the model name ('provider,model') is turned off on this proxy "
+              "(-client-model-choice / CLASP_CLIENT_MODEL_CHOICE)")
 KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY", "openrouter": "OPENROUTER_API_KEY",
            "custom": "CUSTOM_API_KEY"}
 
@@ -123,6 +125,7 @@ class Router:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.client_chooses = cfg.client_chooses_model
         tier_models = tuple((t, getattr(cfg, f"model_{t}")) for t in TIERS)
         primary = build_target(cfg.provider, cfg, model=cfg.model)
         self.primary = Target(primary.name, primary.provider, primary.url, primary.headers,
@@ -201,11 +204,14 @@ class Router:
             target = self._target_for_provider(alias[0]) if alias[0] else self.primary
             primary = Route(target, alias[1], tier)
         elif comma and provider in PROVIDERS and explicit:
+            if not self.client_chooses:
+                raise ConfigError(CHOICE_OFF)
             primary = Route(self._target_for_provider(provider), explicit, tier)
         elif tier and tier in self.tier_targets:
             target = self.tier_targets[tier]
             primary = Route(target, target.model_for(None, name), tier)
-        elif tier or name.lower().startswith(("claude", "anthropic")):
+        elif tier or not self.client_chooses or name.lower().startswith(("claude", "anthropic")):
+            # Without the client's choice any name gets the configured model, as claude-* do.
             primary = Route(self.primary, self.primary.model_for(tier, name), tier)
         else:
             # Users may set ANTHROPIC_MODEL=gpt-4o: other names pass through verbatim,
@@ -230,10 +236,10 @@ class Router:
 
 
 def may_use_tls(cfg: Config) -> bool:
-    """True if a request could reach an https upstream: a configured target, or one that a
-    "provider,model" request builds on demand from the credentials at hand."""
+    """True if a request could reach an https upstream: a configured target, or (when clients
+    may choose) one that a "provider,model" request builds on demand from the credentials at hand."""
     urls = [t.url for t in Router(cfg).targets.values()]
-    for provider in PROVIDERS:
+    for provider in PROVIDERS if cfg.client_chooses_model else ():
         try:
             urls.append(build_target(provider, cfg).url)
         except ConfigError:
