@@ -237,6 +237,90 @@ def test_2xx_without_a_choices_list_is_a_502(proxy, upstream, upstream_body, bod
     _still_serves(proxy, upstream)
 
 
+# ------------------------------------------------------------------ 12. shutdown cuts with an error
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            piece = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def _dechunk(body: bytes) -> tuple[bytes, bool]:
+    """(payload, whether the chunked terminator arrived)."""
+    out = b""
+    while body:
+        line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            return out, False
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            return out, rest.startswith(b"\r\n")
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out, False
+
+
+def _send(port: int, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(data), data))
+    return s
+
+
+def test_shutdown_expiry_ends_running_streams_with_an_overloaded_error(lt, upstream):
+    # A stream that would take 20 s; the proxy is told to stop and gives it 0.5 s.
+    upstream.script = lambda seen: sse_reply(text_chunks(["tick"] * 100), delay=0.2)
+    p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", "-shutdown-timeout", "0.5"],
+              {"CUSTOM_BASE_URL": upstream.url})
+    s = _send(p.port, STREAM)
+    try:
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        _wait_for(lambda: len(upstream.requests) == 1)
+        p.stop()
+        raw = first + _read_all(s)
+    finally:
+        s.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    payload, terminated = _dechunk(body)
+    assert terminated, "the chunked body must end with its terminator"
+    events = parse_sse(payload)
+    assert names(events)[-1] == "error" and "message_stop" not in names(events)
+    assert events[-1][1]["error"]["type"] == "overloaded_error"
+    # the open text block was closed before the error
+    assert names(events)[-2] == "content_block_stop"
+    _wait_for(lambda: upstream.cancelled >= 1)  # and the upstream stream was abandoned
+
+
+@pytest.mark.parametrize("body", [HELLO, STREAM], ids=["whole", "stream"])
+def test_shutdown_expiry_answers_requests_still_waiting_with_529(lt, upstream, body):
+    upstream.script = lambda seen: Reply(hold=30)  # the upstream never answers
+    p = Proxy(lt, ["-provider", "custom", "-model", "gpt-test", "-shutdown-timeout", "0.5"],
+              {"CUSTOM_BASE_URL": upstream.url})
+    s = _send(p.port, body)
+    try:
+        _wait_for(lambda: len(upstream.requests) == 1)
+        p.stop()
+        raw = _read_all(s)
+    finally:
+        s.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 529"), raw[:200]
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    answer = json.loads(rest[:length])
+    assert answer["type"] == "error" and answer["error"]["type"] == "overloaded_error"
+    _wait_for(lambda: upstream.hangups == 1)  # the pending upstream call was cancelled
+
+
 # ------------------------------------------------------------------ 13. base URL query, first-byte deadline
 
 @pytest.mark.parametrize("base,expected", [

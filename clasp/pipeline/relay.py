@@ -102,6 +102,12 @@ class Relay:
         if debug:
             debug.translated_response(out)
         resp.write(out)
+
+        def on_interrupt(error_type: str, message: str) -> bytes:
+            # the server is stopping and cannot wait any longer: a final error event, not a cut
+            return encode_events(translator.fail({"type": error_type, "message": message}))
+
+        resp.on_interrupt = on_interrupt
         await resp.drain()
         clock = self.clock
         state = {"last": clock()}
