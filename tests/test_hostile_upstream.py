@@ -188,8 +188,9 @@ def test_close_delimited_stream_cut_short_is_an_error(proxy, upstream, cut):
     assert names(events)[-1] == "error" and "message_stop" not in names(events)
     assert "message_delta" not in names(events)  # never a stop_reason for a cut answer
     assert events[-1][1]["error"]["type"] == "api_error"
-    # the text that did arrive was relayed, and its block closed before the error
-    assert [d["delta"]["text"] for n, d in events if n == "content_block_delta"] == ["partial", "partial"][:cut.count(DELTA)]
+    texts = [d["delta"]["text"] for n, d in events if n == "content_block_delta"]
+    assert texts == ["partial"] * cut.count(DELTA)    # the text that did arrive was relayed
+    assert names(events)[-2] == "content_block_stop"  # and its block closed before the error
     _still_serves(proxy, upstream)
 
 
@@ -296,8 +297,8 @@ def test_shutdown_expiry_ends_running_streams_with_an_overloaded_error(lt, upstr
     events = parse_sse(payload)
     assert names(events)[-1] == "error" and "message_stop" not in names(events)
     assert events[-1][1]["error"]["type"] == "overloaded_error"
-    # the open text block was closed before the error
-    assert names(events)[-2] == "content_block_stop"
+    if "content_block_start" in names(events):  # an open text block is closed before the error
+        assert names(events)[-2] == "content_block_stop"
     _wait_for(lambda: upstream.cancelled >= 1)  # and the upstream stream was abandoned
 
 
@@ -315,8 +316,8 @@ def test_shutdown_expiry_answers_requests_still_waiting_with_529(lt, upstream, b
         s.close()
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 529"), raw[:200]
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    answer = json.loads(rest[:length])
+    headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    answer = json.loads(rest[:int(headers[b"content-length"])])
     assert answer["type"] == "error" and answer["error"]["type"] == "overloaded_error"
     _wait_for(lambda: upstream.hangups == 1)  # the pending upstream call was cancelled
 
