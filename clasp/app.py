@@ -76,7 +76,7 @@ class App:
                               model_flags=model_flags, servers=self.servers, cache=cache, debug_log=debug_log,
                               secret_variants=variants)
         self.relay = relay = Relay(clock=clock, ping_interval=cfg.stream_ping_interval, cache=cache, debug_log=debug_log,
-                      secret_variants=variants)
+                      secret_variants=variants, max_sse_event_size=cfg.max_sse_event_size)
         self.pipeline = MessagesPipeline(clock=clock, router=self.router, chain=chain, relay=relay,
                                          metrics=self.metrics, limiter=limiter, access_log=access_log,
                                          debug_log=debug_log)

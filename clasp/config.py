@@ -91,6 +91,10 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds to connect to the upstream (TCP, TLS, proxy)"),
     _s("read_timeout", float, 600.0, "CLASP_READ_TIMEOUT", "read-timeout",
        "seconds one upstream read may wait (per read, not per request)"),
+    _s("first_byte_timeout", float, 300.0, "CLASP_FIRST_BYTE_TIMEOUT", "first-byte-timeout",
+       "seconds a request may wait for the upstream's response head, all retries and fallbacks included"),
+    _s("max_sse_event_size", int, 8 * 1024 * 1024, "CLASP_MAX_SSE_EVENT_SIZE", "max-sse-event-size",
+       "largest upstream SSE line or event in bytes; a larger one ends the stream with an error"),
     _s("pool_size", int, 32, "CLASP_POOL_SIZE", "pool-size", "idle upstream connections kept per origin"),
     _s("probe_upstream", bool, True, "CLASP_PROBE_UPSTREAM", "probe-upstream",
        "ask a custom upstream once which server it is (llama.cpp, vLLM) to adapt requests and count tokens exactly"),
@@ -220,6 +224,8 @@ class Config:
     custom_api_key: str = ""
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    first_byte_timeout: float = 300.0
+    max_sse_event_size: int = 8 * 1024 * 1024
     pool_size: int = 32
     probe_upstream: bool = True
     stream_ping_interval: float = 15.0
@@ -508,12 +514,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("log format must be text or json (CLASP_LOG_FORMAT / -log-format)")
     if cfg.auth and not cfg.auth_api_key:
         raise ConfigError("-auth needs a key: set CLASP_AUTH_API_KEY or -auth-api-key")
-    for name in ("max_body_size", "pool_size", "queue_max_size", "cache_max_size", "cb_threshold",
-                 "cb_recovery", "rate_limit_requests", "rate_limit_burst"):
+    for name in ("max_body_size", "max_sse_event_size", "pool_size", "queue_max_size", "cache_max_size",
+                 "cb_threshold", "cb_recovery", "rate_limit_requests", "rate_limit_burst"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
-    for name in ("header_timeout", "idle_timeout", "write_timeout", "connect_timeout", "read_timeout", "rate_limit_window",
-                 "cache_ttl", "queue_max_wait", "cb_timeout"):
+    for name in ("header_timeout", "idle_timeout", "write_timeout", "connect_timeout", "read_timeout",
+                 "first_byte_timeout", "rate_limit_window", "cache_ttl", "queue_max_wait", "cb_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if cfg.max_retries < 0 or cfg.queue_max_retries < 0:

@@ -51,6 +51,9 @@ class Reply:
     hang: float = 0.0               # sleep before answering
     drop: bool = False              # close the connection without answering
     drop_after: int | None = None   # close mid-stream after N chunks
+    framing: str = "chunked"        # SSE body framing: "chunked", or "close" (Connection: close, EOF ends it)
+    raw: Any = None                 # bytes pieces (any iterable) written verbatim as the whole reply, then close
+    hold: float = 0.0               # leave the request unanswered this long; a client hang-up counts in .hangups
 
 
 def json_reply(obj: Any, status: int = 200, headers: list | None = None) -> Reply:
@@ -109,6 +112,7 @@ class FakeUpstream:
         self.port = self.server.sockets[0].getsockname()[1]
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
         self.cancelled = 0  # streams whose client went away mid-way
+        self.hangups = 0    # requests held unanswered (Reply.hold) whose client hung up meanwhile
 
     def close(self) -> None:
         async def _close():
@@ -137,8 +141,20 @@ class FakeUpstream:
                     reply = self.script(seen)
                 if reply.hang:
                     await asyncio.sleep(reply.hang)
+                if reply.hold:
+                    try:
+                        if await asyncio.wait_for(reader.read(1), reply.hold) == b"":
+                            self.hangups += 1
+                            return
+                    except asyncio.TimeoutError:
+                        pass
                 if reply.drop:
                     writer.close()
+                    return
+                if reply.raw is not None:
+                    for piece in reply.raw:
+                        writer.write(piece)
+                        await writer.drain()
                     return
                 if reply.chunks is None:
                     head_out = f"HTTP/1.1 {reply.status} X\r\ncontent-length: {len(reply.body)}\r\n"
@@ -146,7 +162,9 @@ class FakeUpstream:
                     writer.write(head_out.encode() + b"\r\n" + reply.body)
                     await writer.drain()
                     continue
-                head_out = f"HTTP/1.1 {reply.status} OK\r\ntransfer-encoding: chunked\r\n"
+                chunked = reply.framing == "chunked"
+                head_out = f"HTTP/1.1 {reply.status} OK\r\n"
+                head_out += "transfer-encoding: chunked\r\n" if chunked else "connection: close\r\n"
                 head_out += "".join(f"{k}: {v}\r\n" for k, v in reply.headers)
                 writer.write(head_out.encode() + b"\r\n")
                 for i, chunk in enumerate(reply.chunks):
@@ -155,13 +173,16 @@ class FakeUpstream:
                         return
                     data = chunk if isinstance(chunk, str) else "data: " + json.dumps(chunk) + "\n\n"
                     raw = data.encode()
-                    writer.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+                    writer.write(b"%x\r\n%s\r\n" % (len(raw), raw) if chunked else raw)
                     await writer.drain()
                     if reply.delay:
                         await asyncio.sleep(reply.delay)
                 if reply.done:
                     raw = b"data: [DONE]\n\n"
-                    writer.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+                    writer.write(b"%x\r\n%s\r\n" % (len(raw), raw) if chunked else raw)
+                if not chunked:
+                    await writer.drain()
+                    return  # the body ends where the connection closes
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -3,7 +3,9 @@ cache -> queue -> (per target: circuit breaker -> upstream call with retries) ->
 
 from __future__ import annotations
 
-from typing import Union
+import asyncio
+import sys
+from typing import Awaitable, TypeVar, Union
 
 from clasp.config import Config
 from clasp.ops.logs import DebugLog
@@ -70,7 +72,23 @@ class UpstreamChain:
 
     async def obtain(self, box: list[dict], routes: list[Route], ex: Exchange) -> Obtained:
         """Get a 2xx upstream response (or a cache hit), applying queue, breaker, retry, fallback.
-        `box` holds the parsed client body; it is emptied once no route needs it any more."""
+        `box` holds the parsed client body; it is emptied once no route needs it any more.
+
+        All of it is bounded by the first-byte timeout: the per-read timeout alone would let a hung
+        upstream hold the request for (retries + 1) x read timeout, per fallback target. At expiry
+        the pending upstream call is cancelled (its connection closed) and the client gets a 504."""
+        limit = self.cfg.first_byte_timeout
+        try:
+            return await _before_deadline(self._obtain(box, routes, ex), limit)
+        except _DeadlineExpired:
+            where = ex.provider or "upstream"
+            if ex.provider:
+                self.metrics.record_upstream_error(ex.provider, "timeout")
+            raise ProxyError(504, "timeout_error", f"{where}: no response from the upstream within {limit:g}s "
+                             f"(first-byte timeout, -first-byte-timeout / CLASP_FIRST_BYTE_TIMEOUT)",
+                             {}, False) from None
+
+    async def _obtain(self, box: list[dict], routes: list[Route], ex: Exchange) -> Obtained:
         prepared: dict[int, tuple] = {}
 
         def prepare(i: int, server: ServerInfo) -> tuple:
@@ -200,6 +218,32 @@ class UpstreamChain:
         if breaker is not None:
             breaker.record_success()
         return outcome
+
+
+class _DeadlineExpired(Exception):
+    """The first-byte timeout of a request ran out (the awaited work was cancelled)."""
+
+
+_T = TypeVar("_T")
+
+if sys.version_info >= (3, 11):
+    async def _before_deadline(work: Awaitable[_T], seconds: float) -> _T:
+        """`await work`, cancelling it and raising _DeadlineExpired after `seconds`."""
+        timeout = asyncio.timeout(seconds)  # one timer in this task (wait_for would add a task)
+        try:
+            async with timeout:
+                return await work
+        except TimeoutError:
+            if timeout.expired():
+                raise _DeadlineExpired from None
+            raise
+else:  # 3.10: no asyncio.timeout
+    async def _before_deadline(work: Awaitable[_T], seconds: float) -> _T:
+        """`await work`, cancelling it and raising _DeadlineExpired after `seconds`."""
+        try:
+            return await asyncio.wait_for(work, seconds)
+        except asyncio.TimeoutError:
+            raise _DeadlineExpired from None
 
 
 def _transport_kind(exc: UpstreamError) -> str:

@@ -46,7 +46,9 @@ class MessagesPipeline:
             if not resp.started:
                 await send_error(resp, err, request_id)
         except asyncio.CancelledError:
-            if not resp.finished:  # the server also cancels once a finished client hangs up
+            if resp.interrupted:  # shutdown: a 529, or a stream's final overloaded_error event
+                ex.status = 529
+            elif not resp.finished:  # the server also cancels once a finished client hangs up
                 ex.status = 499  # client closed the connection
             raise
         except Exception:

@@ -16,7 +16,7 @@ from clasp.translate.capabilities import Capabilities
 from clasp.translate.context import RequestContext
 from clasp.translate.errors import ProxyError, map_transport_error, map_upstream_error
 from clasp.translate.response import translate_response
-from clasp.translate.sse import SSEParser, encode_event, encode_events
+from clasp.translate.sse import DEFAULT_MAX_EVENT_BYTES, SSEEventTooLarge, SSEParser, encode_event, encode_events
 from clasp.translate.stream import StreamTranslator, events_from_message
 from clasp.upstream.client import UpstreamError, UpstreamResponse
 
@@ -33,9 +33,11 @@ _FINISH_GRACE_S = 5.0
 
 class Relay:
     def __init__(self, *, clock: Callable[[], float], ping_interval: float, cache=None,
-                 debug_log: DebugLog | None = None, secret_variants: list[str] = ()) -> None:
+                 debug_log: DebugLog | None = None, secret_variants: list[str] = (),
+                 max_sse_event_size: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.clock = clock
         self.ping_interval = ping_interval
+        self.max_sse_event_size = max_sse_event_size
         self.cache = cache
         self.debug_log = debug_log
         self.secret_variants = list(secret_variants)
@@ -61,6 +63,11 @@ class Relay:
         if "error" in data and not data.get("choices"):
             raise scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
                         self.secret_variants)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            # Not an answer at all: never hand the client an empty end_turn message for it.
+            raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a 2xx response without "
+                             f"a \"choices\" list of answers", {}, False)
         message = translate_response(data, ctx, caps)
         ex.book(message.get("usage", {}), sum(1 for b in message["content"] if b.get("type") == "tool_use"))
         ex.status = 200
@@ -87,7 +94,7 @@ class Relay:
         """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
         drained before the next read, so memory stays bounded and events flow as they arrive."""
         translator = StreamTranslator(ctx, caps, provider=ex.provider)
-        parser = SSEParser()
+        parser = SSEParser(self.max_sse_event_size)
         await resp.start(200, [*SSE_HEADERS, *headers])
         ex.status = 200
         debug = self.debug_log
@@ -95,6 +102,12 @@ class Relay:
         if debug:
             debug.translated_response(out)
         resp.write(out)
+
+        def on_interrupt(error_type: str, message: str) -> bytes:
+            # the server is stopping and cannot wait any longer: a final error event, not a cut
+            return encode_events(translator.fail({"type": error_type, "message": message}))
+
+        resp.on_interrupt = on_interrupt
         await resp.drain()
         clock = self.clock
         state = {"last": clock()}
@@ -119,7 +132,21 @@ class Relay:
                     break
                 if debug:
                     debug.upstream_response(upstream.status, upstream.headers, data)
-                events = _translate_payloads(parser.feed(data), translator, ex.provider)
+                try:
+                    payloads = parser.feed(data)
+                except SSEEventTooLarge as e:
+                    # an upstream sending one line or event without end must not grow the proxy
+                    upstream.close()
+                    events = _translate_payloads(e.payloads, translator, ex.provider)
+                    events += translator.fail(ProxyError(
+                        502, "api_error", f"{ex.provider}: {e} (-max-sse-event-size / CLASP_MAX_SSE_EVENT_SIZE)"))
+                    failed = bool(events) and events[-1]["type"] == "error"
+                    out = encode_events(events)
+                    if debug:
+                        debug.translated_response(out)
+                    resp.write(out)
+                    break
+                events = _translate_payloads(payloads, translator, ex.provider)
                 if events:
                     if ex.ttft is None:
                         ex.ttft = clock() - ex.started
@@ -142,7 +169,14 @@ class Relay:
             if not translator.done:  # upstream ended: flush a pending event, then finalize
                 events = _translate_payloads(parser.close(), translator, ex.provider)
                 if not translator.done:
-                    events.extend(translator.finish())
+                    if translator.finish_reason is not None:
+                        events.extend(translator.finish())
+                    else:
+                        # The body ended before any finish_reason or [DONE]: the answer was cut
+                        # (PROTOCOL §3.3 lets only a stream with its finish_reason end without [DONE]).
+                        events.extend(translator.fail(ProxyError(
+                            502, "api_error", f"{ex.provider}: upstream stream ended before the answer was "
+                                              f"complete (no finish_reason or [DONE])")))
                 failed = bool(events) and events[-1]["type"] == "error"
                 out = encode_events(events)
                 if debug:

@@ -8,7 +8,7 @@ into an ordered chain of (target, upstream model) to try: the primary, then fall
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from clasp.config import PROVIDERS, TIERS, Config, ConfigError
 
@@ -50,7 +50,7 @@ def _check_url(url: str, variable: str) -> str:
         parts.port
     except ValueError:
         raise ConfigError(f"{variable} has an invalid port ({shown}...)") from None
-    return url.rstrip("/")
+    return url
 
 
 def build_target(provider: str, cfg: Config, *, name: str | None = None, model: str = "",
@@ -72,8 +72,8 @@ def build_target(provider: str, cfg: Config, *, name: str | None = None, model: 
         if not deployment:
             raise ConfigError("provider azure needs a deployment: set AZURE_DEPLOYMENT_NAME")
         endpoint = _check_url(endpoint, url_var or "AZURE_OPENAI_ENDPOINT")
-        url = (f"{endpoint}/openai/deployments/{quote(deployment, safe='')}/chat/completions"
-               f"?api-version={quote(cfg.azure_api_version, safe='')}")
+        url = _with_path(endpoint, f"/openai/deployments/{quote(deployment, safe='')}/chat/completions",
+                         f"api-version={quote(cfg.azure_api_version, safe='')}")
         headers.append(("api-key", key))
         # the deployment in the URL decides the model; the body's model is informational
         return Target(name, provider, url, tuple(headers), deployment)
@@ -102,8 +102,23 @@ def build_target(provider: str, cfg: Config, *, name: str | None = None, model: 
         base = _check_url(base, url_var or "CUSTOM_BASE_URL")
     if key:
         headers.insert(0, ("Authorization", f"Bearer {key}"))
-    url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+    url = _chat_completions_url(base)
     return Target(name, provider, url, tuple(headers), model or DEFAULT_MODELS.get(provider, ""))
+
+
+def _chat_completions_url(base: str) -> str:
+    """The Chat Completions URL of a base URL: "/chat/completions" goes at the end of the path,
+    before a query string (Azure-style "?api-version=..." gateways), unless the path has it."""
+    path = urlsplit(base).path.rstrip("/")
+    return _with_path(base, "" if path.endswith("/chat/completions") else "/chat/completions")
+
+
+def _with_path(base: str, suffix: str, query: str = "") -> str:
+    """`base` with `suffix` appended to its path and `query` to its query string."""
+    parts = urlsplit(base)
+    if query and parts.query:
+        query = f"{parts.query}&{query}"
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix, query=query or parts.query))
 
 
 def _has_credentials(provider: str, cfg: Config) -> bool:

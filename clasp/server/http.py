@@ -64,7 +64,7 @@ class Responder:
     """Writes the response of one request: whole (send) or streamed with chunked encoding."""
 
     __slots__ = ("_writer", "_head_only", "keep_alive", "started", "finished", "closed", "status", "_chunked",
-                 "_http11", "_write_timeout")
+                 "_http11", "_write_timeout", "interrupted", "on_interrupt")
 
     def __init__(self, writer: asyncio.StreamWriter, head_only: bool, keep_alive: bool,
                  http11: bool = True, write_timeout: float | None = None) -> None:
@@ -78,6 +78,9 @@ class Responder:
         self.closed = False
         self.status = 0
         self._chunked = False
+        self.interrupted = False  # ended by interrupt() (the server stopped waiting for the handler)
+        # A started stream's last words when interrupted: (error type, message) -> body bytes.
+        self.on_interrupt: Callable[[str, str], bytes] | None = None
 
     def _head(self, status: int, headers: list[tuple[str, str]], extra: bytes) -> bytes:
         line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
@@ -158,6 +161,28 @@ class Responder:
         self.keep_alive = False
         self._writer.close()
 
+    def interrupt(self, status: int, error_type: str, message: str) -> None:
+        """End the response now, while the handler is still at work (the server is stopping and
+        the handler is cancelled next): a response not begun gets this error; a started stream
+        gets the final bytes of its on_interrupt hook and a clean chunked end. Anything the handler
+        writes afterwards is dropped; the connection closes."""
+        if self.finished or self.closed:
+            return
+        self.interrupted = True
+        self.keep_alive = False
+        if not self.started:
+            self.started = True
+            self.status = status
+            body = error_json(error_type, message)
+            head = self._head(status, [("content-type", "application/json")], b"content-length: %d\r\n" % len(body))
+            self._writer.write(head if self._head_only else head + body)
+        elif self.on_interrupt is not None:
+            self.write(self.on_interrupt(error_type, message))
+            if self._chunked:
+                self._writer.write(b"0\r\n\r\n")
+        self.finished = True
+        self.closed = True
+
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 
@@ -178,6 +203,8 @@ class HTTPServer:
         self.limits = limits or ServerLimits()
         self._server: asyncio.base_events.Server | None = None
         self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a request
+        # connection task -> (responder, handler task) of the request its handler is working on
+        self._handlers: dict[asyncio.Task, tuple[Responder, asyncio.Task]] = {}
         self._stopping = False
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
@@ -202,9 +229,21 @@ class HTTPServer:
         if pending:
             done, still = await asyncio.wait(pending, timeout=timeout_s)
             for t in still:
-                t.cancel()
+                running = self._handlers.get(t)
+                if running is None:
+                    t.cancel()
+                    continue
+                # Time is up: the client gets an explicit overloaded_error (a stream its final
+                # error event and a clean end) rather than a cut connection; the handler is
+                # cancelled, which also cancels its upstream call.
+                responder, handler_task = running
+                responder.interrupt(529, "overloaded_error", "clasp is shutting down and could not finish "
+                                    "this request in time; retry it")
+                handler_task.cancel()
             if still:
-                await asyncio.wait(still, timeout=1.0)
+                done, still = await asyncio.wait(still, timeout=1.0)
+                for t in still:
+                    t.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -424,6 +463,8 @@ class HTTPServer:
         handler_task = asyncio.ensure_future(self._call_handler(request, responder))
         watcher = asyncio.ensure_future(reader.read(1))
         carry = b""
+        connection = asyncio.current_task()
+        self._handlers[connection] = (responder, handler_task)
         try:
             done, _ = await asyncio.wait((handler_task, watcher), return_when=asyncio.FIRST_COMPLETED)
             if watcher in done:
@@ -449,6 +490,8 @@ class HTTPServer:
             handler_task.cancel()
             watcher.cancel()
             raise
+        finally:
+            self._handlers.pop(connection, None)
         if not responder.finished:
             return None
         return carry

@@ -382,6 +382,11 @@ def map_upstream_error(
             return ProxyError(st, etype, message, {**_retry_headers(h), "x-should-retry": "false"}, False)
         return ProxyError(st, etype, message, _retry_headers(h), True)
 
+    if not 100 <= status <= 599:
+        # Not an HTTP status at all (RFC 9110 §15): a broken upstream. Never pass it on; the
+        # client's HTTP stack may reject the whole response.
+        return fatal(502, "api_error", f"{prefix}upstream returned an invalid HTTP status {status}"
+                     + (f": {upstream_msg}" if upstream_msg else ""))
     if any(m in _OVERLOAD_MARKERS for m in markers) or status in (503, 529):
         return transient(529, "overloaded_error")
     if status in (401, 403, 404):

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["SSEParser", "encode_event", "encode_events"]
+__all__ = ["SSEParser", "SSEEventTooLarge", "encode_event", "encode_events", "DEFAULT_MAX_EVENT_BYTES"]
 
 _BOM = b"\xef\xbb\xbf"
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class SSEEventTooLarge(ValueError):
+    """The upstream sent a line, or an event's data, larger than the parser's limit.
+    `payloads` are the events the same read completed before it (still to be relayed)."""
+
+    def __init__(self, limit: int, payloads: list[str]) -> None:
+        super().__init__(f"upstream sent an SSE line or event larger than {limit} bytes")
+        self.limit = limit
+        self.payloads = payloads
 
 
 class SSEParser:
@@ -19,13 +30,20 @@ class SSEParser:
     the CR and LF of a CRLF), LF / CRLF / lone-CR line endings, comment lines (":"),
     multi-line data (joined with "\\n"), and ignores event/id/retry fields. Events with
     no data lines, or only empty data, are not reported. The caller checks for "[DONE]".
+
+    Memory is bounded: an unterminated line longer than ``max_event_bytes``, or an event whose
+    data lines add up to more, raises SSEEventTooLarge (an upstream sending without end must
+    not grow the proxy without end).
     """
 
-    __slots__ = ("_parts", "_data", "_skip_lf", "_bom_checked")
+    __slots__ = ("_parts", "_pending", "_data", "_size", "_limit", "_skip_lf", "_bom_checked")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._parts: list[bytes] = []    # pieces of the current, not yet terminated line
+        self._pending = 0                # bytes in _parts
         self._data: list[str] = []       # data lines of the event being assembled
+        self._size = 0                   # bytes of data in _data
+        self._limit = max_event_bytes
         self._skip_lf = False            # previous read ended with CR: a leading LF belongs to it
         self._bom_checked = False
 
@@ -48,16 +66,21 @@ class SSEParser:
                 return []
             self._bom_checked = True
             parts.clear()
+            self._pending = 0
             data = head[3:] if head.startswith(_BOM) else head
         if b"\n" not in data and b"\r" not in data:
             # No line ends here: keep the piece (a list, so one huge line costs O(n), not O(n^2)).
             if data:
+                self._pending += len(data)
+                if self._pending + self._size > self._limit:
+                    raise SSEEventTooLarge(self._limit, [])
                 parts.append(data)
             return []
         if parts:
             parts.append(data)
             buf = b"".join(parts)
             parts.clear()
+            self._pending = 0
         else:
             buf = data
         if b"\r" in buf:
@@ -68,14 +91,19 @@ class SSEParser:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         rest = lines.pop()
+        out = self._lines(lines)
         if rest:
+            self._pending = len(rest)
+            if self._pending + self._size > self._limit:
+                raise SSEEventTooLarge(self._limit, out)
             parts.append(rest)
-        return self._lines(lines)
+        return out
 
     def close(self) -> list[str]:
         """End of stream: an unterminated last line and pending data are dispatched."""
         lines = [b"".join(self._parts)] if self._parts else []
         self._parts = []
+        self._pending = 0
         lines.append(b"")
         return self._lines(lines)
 
@@ -87,12 +115,16 @@ class SSEParser:
                 if data:
                     payload = "\n".join(data) if len(data) > 1 else data[0]
                     data.clear()
+                    self._size = 0
                     if payload:
                         out.append(payload)
                 continue
             if line.startswith(b"data:"):
                 # Decode per complete line, so a multibyte char split across reads is intact.
                 value = line[6:] if line[5:6] == b" " else line[5:]
+                self._size += len(value)
+                if self._size > self._limit:
+                    raise SSEEventTooLarge(self._limit, out)
                 data.append(value.decode("utf-8", "replace"))
                 continue
             if line[:1] == b":":
