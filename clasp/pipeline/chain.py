@@ -58,6 +58,8 @@ class UpstreamChain:
         caps = self._caps.get(key)
         if caps is None:
             caps = capabilities_for(route.target.provider, route.model, self.model_flags)
+            if len(route.model) > 256:
+                return caps  # a client-chosen name passed through: not worth keeping (up to 32 MiB)
             if len(self._caps) > 1024:
                 self._caps.clear()
             self._caps[key] = caps
