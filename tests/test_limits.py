@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -115,6 +117,7 @@ def capped(lt):
     srv = HTTPServer(gate, ServerLimits(header_timeout_s=5.0, idle_timeout_s=5.0, max_connections=4))
     srv.port = lt.run(srv.start("127.0.0.1", 0))[0][1]
     srv.gate = gate
+    srv.release = lambda: lt.loop.call_soon_threadsafe(gate.release.set)
     yield srv
 
     async def stop():
@@ -167,11 +170,13 @@ def test_a_new_connection_beyond_the_limit_is_refused_when_all_are_busy(capped):
     assert json.loads(body)["error"]["type"] == "overloaded_error"
     assert headers["connection"] == "close" and "retry-after" in headers
     assert closed_by_server(extra)
-    capped.gate.release.set()                 # the busy ones finish normally
+    capped.release()                          # the busy ones finish normally
     for s in busy:
         assert recv_response(s)[0] == 200
         s.close()
-    again = connect(capped.port)              # and there is room again
+    # once they are idle again (or closed), there is room again
+    wait_until(lambda: len(capped._idle) == capped.open_connections)
+    again = connect(capped.port)
     again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert recv_response(again)[0] == 200
     again.close()
@@ -183,17 +188,38 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Drain:
+    """Reads a child's pipe as it fills (a full pipe would block the child's logging, and hide a
+    flood): keeps the byte count and the first bytes."""
+
+    def __init__(self, pipe) -> None:
+        self.size = 0
+        self.head = b""
+        self.thread = threading.Thread(target=self._run, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _run(self, pipe) -> None:
+        while True:
+            chunk = pipe.read1(65536)
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if len(self.head) < 8192:
+                self.head += chunk[:8192]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and RLIMIT_NOFILE")
-def test_many_idle_connections_under_a_low_open_file_limit(tmp_path):
+def test_many_idle_connections_under_a_low_open_file_limit():
     import resource
     import urllib.request
 
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
-    # spawn_clasp's readiness probe needs the real proxy; the upstream is never contacted
+    # the upstream is never contacted
     proc, port = spawn_clasp(["-provider", "custom"], {"CUSTOM_BASE_URL": "http://127.0.0.1:9/v1"},
                              preexec_fn=low_limit)
+    err = Drain(proc.stderr)
     held: list[socket.socket] = []
     try:
         for _ in range(300):
@@ -205,7 +231,7 @@ def test_many_idle_connections_under_a_low_open_file_limit(tmp_path):
         time.sleep(0.5)
         before = _cpu_seconds(proc.pid)
         started = time.monotonic()
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
         assert json.loads(body)["status"] == "ok"
         time.sleep(2.0)
         spent = _cpu_seconds(proc.pid) - before
@@ -217,9 +243,37 @@ def test_many_idle_connections_under_a_low_open_file_limit(tmp_path):
             s.close()
         proc.terminate()
         try:
-            _, err = proc.communicate(timeout=10)
-        except Exception:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-    assert len(err) < 8192, err[-2000:]
-    assert b"Traceback" not in err
+            proc.wait()
+        err.thread.join(5)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert err.size < 8192, err.head[-2000:]
+    assert b"Traceback" not in err.head
+
+
+def test_the_automatic_connection_limit_leaves_room_for_upstream_sockets():
+    from clasp.config import Config
+    from clasp.server.run import connection_limit
+    cfg = Config(pool_size=32)
+    assert connection_limit(cfg, 128, 1) == 16           # (128 - 64 reserved - 32 pooled) / 2
+    assert connection_limit(cfg, 1024, 2) == 448
+    assert connection_limit(cfg, 1 << 20, 1) == 4096     # however high the limit
+    assert connection_limit(cfg, None, 1) == 4096        # no resource module
+    assert connection_limit(cfg, 64, 1) == 1
+    assert connection_limit(Config(max_connections=50), 128, 1) == 50   # the setting decides
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
+    # in a child process: the limits of the test process stay as they are
+    script = ("import resource\n"
+              "from clasp.server.run import raise_open_file_limit\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 200))\n"
+              "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.stdout.split(None, 1) == ["200", "(200, 200)\n"], out.stderr
