@@ -52,6 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
        "seconds an idle keep-alive client connection is kept"),
     _s("write_timeout", float, 120.0, "CLASP_WRITE_TIMEOUT", "write-timeout",
        "seconds a client may stop reading a response before it is disconnected"),
+    _s("max_connections", int, 0, "CLASP_MAX_CONNECTIONS", "max-connections",
+       "client connections held at once (0 = derived from the open-file limit)"),
     _s("shutdown_timeout", float, 30.0, "CLASP_SHUTDOWN_TIMEOUT", "shutdown-timeout",
        "seconds in-flight requests get to finish on SIGINT/SIGTERM"),
     _s("memory_trim_after", float, 5.0, "CLASP_MEMORY_TRIM_AFTER", "memory-trim-after",
@@ -198,6 +200,7 @@ class Config:
     header_timeout: float = 30.0
     idle_timeout: float = 75.0
     write_timeout: float = 120.0
+    max_connections: int = 0
     shutdown_timeout: float = 30.0
     memory_trim_after: float = 5.0
     allowed_hosts: str = ""
@@ -524,6 +527,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be positive")
     if cfg.max_retries < 0 or cfg.queue_max_retries < 0:
         raise ConfigError("retry counts cannot be negative")
+    if cfg.max_connections < 0:
+        raise ConfigError("max_connections cannot be negative (0 = from the open-file limit)")
     if cfg.memory_trim_after < 0:
         raise ConfigError("memory_trim_after cannot be negative (0 turns trimming off)")
 

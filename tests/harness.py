@@ -313,9 +313,10 @@ def free_port() -> int:
     return port
 
 
-def spawn_clasp(args: list[str], env: dict, timeout: float = 15):
+def spawn_clasp(args: list[str], env: dict, timeout: float = 15, preexec_fn=None):
     """`python -m clasp ARGS -port P` as a user runs it, once GET /health answers: (Popen, P).
-    stdout and stderr are pipes; the caller stops the process and closes them."""
+    stdout and stderr are pipes; the caller stops the process and closes them. `preexec_fn` runs
+    in the child before clasp starts (e.g. to set resource limits)."""
     import os
     import subprocess
     import sys
@@ -327,7 +328,7 @@ def spawn_clasp(args: list[str], env: dict, timeout: float = 15):
     base = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent-clasp-test-home",
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen([sys.executable, "-m", "clasp", *args, "-port", str(port)], env={**base, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", preexec_fn=preexec_fn)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -136,6 +136,30 @@ def test_access_log_json_lines():
     assert second["model"] == "m\nx" and second["request_id"] == "req_1"
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_log_fields_are_bounded(fmt):
+    from clasp.ops.logs import MAX_FIELD_CHARS
+    buf = io.StringIO()
+    log = AccessLog(buf, fmt, wall=lambda: WALL, secrets=[AZURE_KEY])
+    # a configured secret across the cut must not leave a prefix of itself behind
+    model = "m" * (MAX_FIELD_CHARS - 10) + AZURE_KEY + "m" * 1_000_000
+    log.log(method="POST", path="/v1/messages?" + "p" * 1_000_000, status=400, model=model, note="n" * 500)
+    out = buf.getvalue()
+    assert out.count("\n") == 1 and len(out) < 4 * MAX_FIELD_CHARS + 500
+    assert AZURE_KEY[:8] not in out
+    assert f"[{len(model)} chars]" in out
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_log_writes_fields_with_lone_surrogates(fmt, tmp_path):
+    path = tmp_path / "access.log"
+    with open(path, "w", encoding="utf-8") as f:   # a real UTF-8 stream, which refuses surrogates
+        AccessLog(f, fmt, wall=lambda: WALL).log(method="POST", path="/v1/messages", status=200,
+                                                 model="claude-\udc00\nstatus=200")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 and "claude-" in lines[0]
+
+
 def test_access_log_redacts_key_in_query():
     buf = io.StringIO()
     AccessLog(buf, "text", wall=lambda: WALL).log(method="GET", path="/v1/messages?key=" + AZURE_KEY, status=401)

@@ -282,3 +282,33 @@ def test_client_chosen_model_names_cannot_grow_series_without_bound() -> None:
     assert len(tokens) == MAX_SERIES + 1
     assert tokens["other"]["requests"] == 300
     assert m.to_prometheus().count("model=\"other\"") > 0
+
+
+def test_model_labels_are_cut_and_always_encodable() -> None:
+    from clasp.ops.metrics import MAX_LABEL_CHARS
+    m = Metrics()
+    m.record_request("custom", "a" * 1_000_000, 200)
+    m.record_request("custom", "a" * 2_000_000, 200)   # same cut prefix: the same series
+    m.record_request("custom", "claude-\udc00\r\x00x", 200)
+    tokens = m.to_json()["tokens"]["custom"]
+    assert len(tokens) == 2
+    assert all(len(name) <= MAX_LABEL_CHARS for name in tokens)
+    assert tokens["a" * (MAX_LABEL_CHARS - 3) + "..."]["requests"] == 2
+    assert "claude-???x" in tokens
+    text = m.to_prometheus()
+    text.encode("utf-8")                 # what /metrics/prometheus sends
+    json.dumps(m.to_json(), ensure_ascii=False).encode("utf-8")
+    promparse.parse(text)                # no raw CR or NUL either
+    assert len(text) < 16 * 1024
+
+
+def test_not_routed_and_other_never_take_a_model_slot() -> None:
+    from clasp.ops.metrics import MAX_SERIES
+    m = Metrics()
+    for i in range(MAX_SERIES):
+        m.record_request("custom", f"model-{i}", 200)
+    m.record_request("-", "-", 400)
+    m.record_request("custom", "one-too-many", 200)
+    tokens = m.to_json()["tokens"]
+    assert tokens["-"] == {"-": {"requests": 1, "input_tokens": 0, "output_tokens": 0}}
+    assert set(tokens["custom"]) == {f"model-{i}" for i in range(MAX_SERIES)} | {"other"}

@@ -132,6 +132,46 @@ def test_header_timeout_answers_408(server):
     assert status == 408 and json.loads(body)["error"]["type"] == "timeout_error"
 
 
+@pytest.mark.parametrize("raw", [
+    b"GET /x HTTP/1.1\nHost: x\n\n",              # all bare LF
+    b"GET /x HTTP/1.1\n\n",
+    b"GET /x HTTP/1.1\r\nHost: x\n\n",            # a header line with a bare LF
+    b"GET /x HTTP/1.1\r\nHost: x\r\nAccept: y\n\n",
+    b"GET /x HTTP/1.1\r\nHost: x\r\n\n",          # the empty line
+])
+def test_bare_lf_line_endings_get_400_at_once(server, raw):
+    # The client has sent its whole head and waits: answered now, not at the header timeout (408).
+    s = send(server.port, raw)
+    status, headers, body = recv_response(s)
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert headers["connection"] == "close"
+
+
+def test_a_head_arriving_in_pieces_is_read_whole(server):
+    s = send(server.port, b"POST /p")
+    for piece in (b"ieces HTTP/1.1\r", b"\nHost: x\r\nX-A: ", b"1\r\nContent-Length: 2\r\n", b"\r", b"\nok"):
+        time.sleep(0.02)
+        s.sendall(piece)
+    status, _, body = recv_response(s)
+    data = json.loads(body)
+    assert status == 200 and data["path"] == "/pieces" and data["headers"]["x-a"] == "1" and data["body"] == "ok"
+
+
+@pytest.mark.parametrize("empty", [b"\r\n", b"\n", b"\r\n\r\n", b"\n\n\n", b"\r\n" * 8, b"\n" * 8])
+def test_a_few_empty_lines_before_the_request_line_are_ignored(server, empty):
+    s = send(server.port, empty + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = recv_response(s)
+    assert status == 200 and json.loads(body)["path"] == "/after"
+    s.sendall(empty + b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")   # and between requests
+    status, _, body = recv_response(s)
+    assert status == 200 and json.loads(body)["path"] == "/again"
+
+
+def test_many_empty_lines_before_the_request_line_get_400(server):
+    s = send(server.port, b"\r\n" * 9 + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert recv_response(s)[0] == 400
+
+
 def test_idle_keep_alive_connection_is_closed(server):
     s = send(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     recv_response(s)

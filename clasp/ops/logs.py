@@ -34,6 +34,26 @@ def _rfc3339_ms(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
+# Longest value of one access log field: model names and paths come from clients, and one line per
+# request must not become megabytes of log.
+MAX_FIELD_CHARS = 256
+
+
+def _bounded(value: str, secrets: list[str]) -> str:
+    """value cut to MAX_FIELD_CHARS (marked with its full length), encodable as UTF-8."""
+    if len(value) > MAX_FIELD_CHARS:
+        # drop secrets first, so that no prefix of one survives the cut
+        longest = len(secrets[0]) if secrets else 0
+        kept = drop_secrets(value[:MAX_FIELD_CHARS + longest], secrets)[:MAX_FIELD_CHARS]
+        value = f"{kept}...[{len(value)} chars]"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON can escape one): cannot be written
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 _ACCESS_FIELDS = (
     "method", "path", "status", "model", "upstream_model", "provider",
     "latency_ms", "ttft_ms", "input_tokens", "output_tokens", "cache",
@@ -46,7 +66,8 @@ class AccessLog:
     Standard fields come first in a fixed order (method, path, status, model, upstream_model,
     provider, latency_ms, ttft_ms, input_tokens, output_tokens, cache), then any extra fields.
     Fields whose value is None are left out of text lines and written as null in JSON.
-    Key-like query parameters in ``path`` and any configured ``secrets`` are redacted.
+    Key-like query parameters in ``path`` and any configured ``secrets`` are redacted. String values
+    longer than MAX_FIELD_CHARS are cut.
     """
 
     def __init__(
@@ -77,6 +98,9 @@ class AccessLog:
         for k, v in fields.items():
             if k not in ordered:
                 ordered[k] = v
+        for k, v in ordered.items():
+            if isinstance(v, str) and (len(v) > MAX_FIELD_CHARS or not v.isascii()):
+                ordered[k] = _bounded(v, self._secrets)
         if self.fmt == "json":
             for k in ("latency_ms", "ttft_ms"):
                 v = ordered.get(k)

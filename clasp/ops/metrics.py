@@ -21,6 +21,7 @@ __all__ = [
     "TTFT_BUCKETS",
     "go_duration",
     "escape_label_value",
+    "bounded_label",
 ]
 
 # Upper bounds (seconds). LLM calls range from sub-second to many minutes; first tokens arrive sooner.
@@ -75,8 +76,26 @@ def _labels(names: tuple[str, ...], values: Iterable[object]) -> str:
     return ",".join(f'{n}="{escape_label_value(str(v))}"' for n, v in zip(names, values))
 
 
-# (provider, model) pairs tracked separately; later pairs are counted as model="other"
-MAX_SERIES = 500
+# Distinct values of the model label (requested model names, chosen by clients). Later names are
+# counted as model="other", so a scrape stays a bounded size: series = providers x MAX_SERIES at most.
+MAX_SERIES = 32
+# Longest model label value; longer names are cut and marked with TRUNCATED.
+MAX_LABEL_CHARS = 100
+TRUNCATED = "..."
+# Label values of requests that were not routed (rejected before an upstream target was chosen) and
+# of model names beyond MAX_SERIES.
+NOT_ROUTED = "-"
+OTHER = "other"
+
+
+def bounded_label(value: str) -> str:
+    """A label value that is short, encodable as UTF-8 and free of control characters other than
+    line feed (which the exposition format escapes): lone surrogates and the like become "?"."""
+    if len(value) > MAX_LABEL_CHARS:
+        value = value[:MAX_LABEL_CHARS - len(TRUNCATED)] + TRUNCATED
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() or c == "\n" else "?" for c in value)
+    return value
 
 
 class _Series:
@@ -113,6 +132,7 @@ class Metrics:
         self.latency_sum = 0.0
         self._requests: dict[tuple[str, str, int], int] = {}        # (provider, model, status)
         self._series: dict[tuple[str, str], _Series] = {}            # (provider, model)
+        self._models: set[str] = set()                               # model label values in use
         self._cache_results: dict[str, int] = {}                     # "hit"/"miss"/... -> n
         self._upstream_errors: dict[tuple[str, str], int] = {}       # (provider, status)
         self._retries: dict[str, int] = {}                           # provider
@@ -167,7 +187,8 @@ class Metrics:
     ) -> None:
         """One finished request. ``status`` is the HTTP status sent to the client (< 400 = success);
         ``tool_calls`` the number of tool_use blocks returned; ``cache`` "hit", "miss" or None when the
-        request was not cacheable."""
+        request was not cacheable. ``model`` is the requested name of a routed request, or NOT_ROUTED;
+        it is cut to MAX_LABEL_CHARS, and names beyond MAX_SERIES distinct ones are counted as OTHER."""
         self.total += 1
         if status < 400:
             self.successful += 1
@@ -176,13 +197,17 @@ class Metrics:
         self.tool_calls += tool_calls
         self.latency_sum += latency_s
         pm = (provider, model)
-        s = self._series.get(pm)
+        s = self._series.get(pm) if len(model) <= MAX_LABEL_CHARS else None  # no hashing of huge names
         if s is None:
-            if len(self._series) >= MAX_SERIES:
-                # the model name comes from clients: bound the number of series it can create
-                pm = (provider, "other")
-                model = "other"
-                s = self._series.get(pm)
+            # the model name comes from clients: bound its length and the number of series it creates
+            model = bounded_label(model)
+            if model not in self._models:
+                if len(self._models) < MAX_SERIES or model in (NOT_ROUTED, OTHER):
+                    self._models.add(model)
+                else:
+                    model = OTHER
+            pm = (provider, model)
+            s = self._series.get(pm)
             if s is None:
                 s = self._series[pm] = _Series()
         k = (provider, model, status)

@@ -65,6 +65,8 @@ class UpstreamChain:
         if caps is None:
             flags = {**server.capability_defaults(), **self.model_flags}
             caps = capabilities_for(route.target.provider, route.model, flags)
+            if len(route.model) > 256:
+                return caps  # a client-chosen name passed through: not worth keeping (up to 32 MiB)
             if len(self._caps) > 1024:
                 self._caps.clear()
             self._caps[key] = caps

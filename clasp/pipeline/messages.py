@@ -11,7 +11,7 @@ from typing import Callable
 
 from clasp.config import ConfigError
 from clasp.ops.logs import AccessLog, DebugLog
-from clasp.ops.metrics import Metrics
+from clasp.ops.metrics import NOT_ROUTED, Metrics
 from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.exchange import CachedResponse, Exchange
 from clasp.pipeline.relay import Relay
@@ -113,7 +113,10 @@ class MessagesPipeline:
 
     def _record(self, req: Request, ex: Exchange) -> None:
         latency = self.clock() - ex.started
-        self.metrics.record_request(provider=ex.provider or "-", model=ex.requested_model or "-",
+        # Only a routed request (the chain chose a target for it, or the cache answered) is counted
+        # under its requested name: a request rejected before that is no series of its own.
+        model = ex.requested_model if ex.provider and ex.requested_model else NOT_ROUTED
+        self.metrics.record_request(provider=ex.provider or NOT_ROUTED, model=model,
                                     status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
                                     latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
                                     output_tokens=ex.output_tokens, cache=ex.cache.lower() or None)

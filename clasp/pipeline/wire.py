@@ -15,7 +15,13 @@ JSON_HEADER = ("content-type", "application/json")
 
 
 def json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate, which a client's JSON may escape ("\udc00") but UTF-8 cannot carry:
+        # pass it on escaped, as it came (the common case pays nothing for this).
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def payload_bytes(body: dict) -> bytes:

@@ -3,16 +3,19 @@
 It parses request heads and bodies (Content-Length or chunked), enforces size limits and
 timeouts, keeps connections alive, and hands each request to one async handler together with
 a Responder that writes either a whole response or a chunked stream. Protocol errors are
-answered in the Anthropic error format; the server keeps serving.
+answered in the Anthropic error format; the server keeps serving. It accepts connections itself,
+up to a limit that keeps the process below its open-file limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Awaitable, Callable
@@ -22,6 +25,18 @@ from clasp.translate.errors import error_body
 log = logging.getLogger("clasp.server")
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_EMPTY_LINES = 8             # ignored before a request line (RFC 9112 2.2), CRLF or LF
+_ACCEPT_BATCH = 32              # connections accepted per readiness event of a listening socket
+_ACCEPT_RETRY_S = 0.5           # accepting pauses this long when the process is out of descriptors
+_LOG_EVERY_S = 10.0             # a recurring warning (refused connections, accept errors) at most this often
+# Out of resources for a new socket: retrying at once fails again.
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_OVERLOADED_BODY = (b'{"type":"error","error":{"type":"overloaded_error","message":'
+                    b'"the proxy has too many open connections; try again shortly"}}')
+# Sent, without reading the request, to a connection beyond the connection limit.
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nretry-after: 1\r\nx-should-retry: true\r\nconnection: close\r\n\r\n"
+            % len(_OVERLOADED_BODY)) + _OVERLOADED_BODY
 _LINGER_S = 2.0                 # after an error response: at most this long ...
 _LINGER_BYTES = 64 * 1024 * 1024  # ... and this many discarded request bytes before closing
 _CRLF = b"\r\n"
@@ -33,6 +48,18 @@ _DIGITS = frozenset("0123456789")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _CTL_RE = re.compile(r"[\x00-\x20\x7f]")            # not in a request target
 _BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB: not in a field value
+
+
+def _read_now(reader: asyncio.StreamReader, separator: bytes) -> bytes | None:
+    """``await reader.readuntil(separator)`` when the input already read holds the separator; None,
+    with nothing consumed, when that would wait for more (so the caller can read differently)."""
+    step = reader.readuntil(separator)
+    try:
+        step.send(None)  # readuntil returns without suspending when the buffer holds the separator
+    except StopIteration as done:
+        return done.value
+    step.close()  # it was about to wait for data: abandoned before it consumed anything
+    return None
 
 
 @dataclass
@@ -193,6 +220,48 @@ class ServerLimits:
     header_timeout_s: float = 30.0   # the whole request head; also the whole request body
     idle_timeout_s: float = 75.0     # keep-alive: until the first byte of the next request
     write_timeout_s: float = 120.0   # one drain(): a client that stops reading is disconnected
+    # Client connections held at once. At the limit a new connection replaces the longest idle one
+    # (waiting for a request), or is refused with a 503 when all are busy. Keeps the process below
+    # its open-file limit (each busy connection also holds an upstream socket).
+    max_connections: int = 1024
+
+
+class _Throttled:
+    """A warning logged at most once per interval, with the number of occurrences held back."""
+
+    def __init__(self, interval_s: float = _LOG_EVERY_S) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            msg += " (%d more since the last report)"
+            args += (self._held,)
+        self._held = 0
+        self._next = now + self.interval_s
+        log.warning(msg, *args)
+
+
+async def _listening_sockets(host: str | None, port: int, reuse_port: bool) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of host (all interfaces when empty)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(infos):
+            s = socket.create_server(address, family=family, backlog=1024, reuse_port=reuse_port)
+            sockets.append(s)
+            s.setblocking(False)
+    except BaseException:
+        for s in sockets:
+            s.close()
+        raise
+    return sockets
 
 
 class HTTPServer:
@@ -201,27 +270,112 @@ class HTTPServer:
     def __init__(self, handler: Handler, limits: ServerLimits | None = None) -> None:
         self.handler = handler
         self.limits = limits or ServerLimits()
-        self._server: asyncio.base_events.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.base_events.Server] = []  # event loops without add_reader only
         self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a request
         # connection task -> (responder, handler task) of the request its handler is working on
         self._handlers: dict[asyncio.Task, tuple[Responder, asyncio.Task]] = {}
+        self._opening: set[asyncio.Task] = set()           # accepted, transport not set up yet
+        self._idle: dict[asyncio.Task, asyncio.StreamWriter] = {}  # waiting for a request, oldest first
+        self._refused = _Throttled()
+        self._accept_failed = _Throttled()
         self._stopping = False
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False,
                     sock: socket.socket | None = None) -> list[tuple[str, int]]:
-        kwargs: dict = {"limit": MAX_HEAD_BYTES, "backlog": 1024}
         if sock is not None:
-            self._server = await asyncio.start_server(self._on_connect, sock=sock, **kwargs)
+            sock.setblocking(False)
+            self._listeners = [sock]
         else:
-            self._server = await asyncio.start_server(
-                self._on_connect, host, port, reuse_port=reuse_port or None, **kwargs)
-        return [s.getsockname()[:2] for s in self._server.sockets]
+            self._listeners = await _listening_sockets(host, port, reuse_port)
+        # Our own accept loop (not asyncio.start_server's): it applies the connection limit before a
+        # connection costs more than its socket, and it never retries an accept that failed for
+        # lack of descriptors in a tight loop.
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            try:
+                loop.add_reader(listener.fileno(), self._accept, listener)
+            except NotImplementedError:  # e.g. the Windows proactor loop: asyncio accepts, no limit
+                self._servers.append(await asyncio.start_server(self._on_connect, sock=listener,
+                                                                limit=MAX_HEAD_BYTES))
+        return [s.getsockname()[:2] for s in self._listeners]
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:
+                if e.errno in _ACCEPT_EXHAUSTED:
+                    # Out of descriptors (the connection limit is above what the process may open):
+                    # the kernel keeps the connection queued; try again a little later.
+                    self._pause_accepting(listener)
+                self._accept_failed.warning("cannot accept connections: %s (%d open)", e, self.open_connections)
+                return
+            if self.open_connections >= self.limits.max_connections and not self._close_longest_idle():
+                self._refuse(conn)
+                continue
+            task = asyncio.ensure_future(self._serve_accepted(conn))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections) + len(self._opening)
+
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if not self._stopping and listener.fileno() >= 0:
+                loop.add_reader(listener.fileno(), self._accept, listener)
+        loop.call_later(_ACCEPT_RETRY_S, resume)
+
+    def _close_longest_idle(self) -> bool:
+        """Close the connection idle the longest to make room for a new one; False if none is idle."""
+        for task, writer in self._idle.items():
+            del self._idle[task]
+            self._connections.pop(task, None)  # its socket is closing: no longer counted
+            writer.close()                     # the task sees end of input and finishes
+            return True
+        return False
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self._refused.warning("refusing connections: %d client connections are open, none of them idle "
+                              "(limit %d)", self.open_connections, self.limits.max_connections)
+        try:
+            conn.setblocking(False)
+            conn.send(_REFUSAL)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    async def _serve_accepted(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEAD_BYTES)
+        except Exception:  # the client left already
+            conn.close()
+            return
+        finally:
+            self._opening.discard(asyncio.current_task())  # counted in _connections from here on
+        await self._on_connect(reader, writer)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close idle connections."""
         self._stopping = True
-        if self._server is not None:
-            self._server.close()
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            if listener.fileno() >= 0:
+                loop.remove_reader(listener.fileno())
+        for server in self._servers:
+            server.close()
+        for listener in self._listeners:
+            listener.close()
         for task, busy in list(self._connections.items()):
             if not busy:
                 task.cancel()
@@ -244,8 +398,8 @@ class HTTPServer:
                 done, still = await asyncio.wait(still, timeout=1.0)
                 for t in still:
                     t.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -276,7 +430,7 @@ class HTTPServer:
         while not self._stopping:
             self._connections[task] = False
             try:
-                head = await self._read_head(reader, carry, first)
+                head = await self._read_head(reader, writer, carry, first, task)
             except HTTPError as e:
                 await self._reject(reader, writer, e)
                 return
@@ -304,33 +458,71 @@ class HTTPServer:
             if carry is None or not responder.keep_alive or responder.closed:
                 return
 
-    async def _read_head(self, reader: asyncio.StreamReader, carry: bytes, first: bool) -> bytes | None:
-        if not first:
-            # Keep-alive: the idle timeout runs until the next request begins (a few stray CRLFs
-            # after a body, RFC 9112 2.2, do not begin one) ...
-            for _ in range(8):
-                if carry and carry not in (b"\r", b"\n"):
-                    break
-                try:
-                    carry = await asyncio.wait_for(reader.read(1), self.limits.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    return None
-                if not carry:
-                    return None
+    async def _read_head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carry: bytes,
+                         first: bool, task: asyncio.Task) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.header_timeout_s
+        # Until the first byte of a request the connection is idle: a new one within the header
+        # timeout, a kept-alive one within the idle timeout. A few empty lines (stray CRLFs after a
+        # body, RFC 9112 2.2) do not begin a request. An idle connection may be closed to make room
+        # for a new one.
+        empty_lines = skipped = 0
+        while not carry or carry in (b"\r", b"\n"):
+            if carry:
+                empty_lines += carry == b"\n"
+                skipped += 1
+                if empty_lines > MAX_EMPTY_LINES or skipped > 2 * MAX_EMPTY_LINES:
+                    raise HTTPError(400, "invalid_request_error", "too many empty lines before the request line")
+            self._idle[task] = writer
+            try:
+                carry = await asyncio.wait_for(
+                    reader.read(1), max(0.0, deadline - loop.time()) if first else self.limits.idle_timeout_s)
+            except asyncio.TimeoutError:
+                if first:
+                    raise HTTPError(408, "timeout_error", "timed out reading the request headers")
+                return None
+            finally:
+                self._idle.pop(task, None)
+            if not carry:
+                return None
         # ... and then, as for a new connection, one timeout covers the whole head (however it trickles in).
+        if not first:
+            deadline = loop.time() + self.limits.header_timeout_s
         try:
-            head = await asyncio.wait_for(reader.readuntil(_HEAD_END), self.limits.header_timeout_s)
+            return await asyncio.wait_for(self._read_head_lines(reader, carry), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             raise HTTPError(408, "timeout_error", "timed out reading the request headers")
         except asyncio.LimitOverrunError:
             raise HTTPError(431, "invalid_request_error", "request headers exceed 64 KiB")
-        except asyncio.IncompleteReadError as e:
-            if (carry + e.partial).strip():
-                raise HTTPError(400, "invalid_request_error", "incomplete request head")
-            return None
-        head = carry + head
-        # RFC 9112 2.2: ignore empty lines before the request line.
-        return head.lstrip(b"\r\n")
+        except asyncio.IncompleteReadError:
+            raise HTTPError(400, "invalid_request_error", "incomplete request head")
+
+    @staticmethod
+    async def _read_head_lines(reader: asyncio.StreamReader, first: bytes) -> bytes:
+        """The request head that begins with the byte `first`, up to and including its empty line.
+
+        Lines end in CRLF. A bare LF (which RFC 9112 2.2 lets a recipient accept) is refused: a
+        parser in front of the proxy that reads it differently could see other headers (request
+        smuggling). In a head that is all here already, _parse_head refuses it; a head still
+        arriving is read line by line, so that a line ending in a bare LF (a client that ends its
+        head with one waits for an answer) is refused at once instead of at the header timeout.
+        """
+        head = _read_now(reader, _HEAD_END)
+        if head is not None:
+            return first + head
+        line = first + await reader.readuntil(b"\n")
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            if line[-2:-1] != b"\r":
+                raise HTTPError(400, "invalid_request_error", "lines of the request head must end with CRLF")
+            lines.append(line)
+            size += len(line)
+            if size > MAX_HEAD_BYTES:
+                raise HTTPError(431, "invalid_request_error", "request headers exceed 64 KiB")
+            if line == _CRLF:
+                return b"".join(lines)
+            line = await reader.readuntil(b"\n")
 
     def _parse_head(self, head: bytes, client: str) -> tuple[Request, bool, bool]:
         text = head.decode("latin-1")  # latin-1 decodes every byte

@@ -56,6 +56,55 @@ def setup_logging(cfg: Config) -> None:
     logging.basicConfig(level=log_level(cfg), stream=sys.stderr, format=LOG_FORMAT)
 
 
+# Descriptors kept back from client connections: listening sockets, stdio, log files, the event loop.
+_FD_RESERVE = 64
+# The automatic connection limit never exceeds this, however high the open-file limit.
+_MAX_AUTO_CONNECTIONS = 4096
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise the soft open-file limit (RLIMIT_NOFILE) to the hard one: the soft limit now in effect,
+    None where there is none or it is unknown (no `resource` module: not POSIX)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    inf = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # macOS refuses more than OPEN_MAX (10240) even when the hard limit is "unlimited", and Linux
+    # more than fs.nr_open: try smaller values when the hard limit itself is refused.
+    for want in (hard, 1 << 20, 10240):
+        if soft == inf or (want != inf and want <= soft) or (hard != inf and want > hard):
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            continue
+        soft = want
+        break
+    return None if soft == inf else soft
+
+
+def connection_limit(cfg: Config, open_files: int | None, upstream_origins: int) -> int:
+    """cfg.max_connections, or (when 0) what the open-file limit allows: a busy client connection
+    also holds an upstream socket, and each upstream origin keeps up to pool_size idle ones."""
+    budget = None
+    if open_files is not None:
+        budget = (open_files - _FD_RESERVE - cfg.pool_size * upstream_origins) // 2
+    if cfg.max_connections:
+        if budget is not None and cfg.max_connections > budget:
+            log.warning("max connections %d exceeds what the open-file limit (%d) allows (about %d): "
+                        "connections may fail with 'too many open files'", cfg.max_connections, open_files,
+                        max(budget, 0))
+        return cfg.max_connections
+    if budget is None:
+        return _MAX_AUTO_CONNECTIONS
+    if budget < 64:
+        log.warning("the open-file limit (ulimit -n) is %d: accepting at most %d client connections",
+                    open_files, max(budget, 1))
+    return max(1, min(_MAX_AUTO_CONNECTIONS, budget))
+
+
 async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
                 sock: socket.socket | None = None, log_stream=None) -> int:
     """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code."""
@@ -64,9 +113,11 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
     from clasp.app import App
     from clasp.server.http import HTTPServer, ServerLimits
 
+    open_files = raise_open_file_limit()
     app = App(cfg, log_stream=log_stream)
+    max_connections = connection_limit(cfg, open_files, len(app.router.targets))
     server = HTTPServer(app.handle, ServerLimits(cfg.max_body_size, cfg.header_timeout, cfg.idle_timeout,
-                                                   cfg.write_timeout))
+                                                   cfg.write_timeout, max_connections))
     try:
         addresses = await server.start(cfg.host, cfg.port, reuse_port=cfg.workers > 1, sock=sock)
     except BaseException:
