@@ -432,3 +432,13 @@ def test_retryability_follows_status_code_and_upstream_verdict(status, headers, 
     assert err.retryable is retryable
     if not retryable:
         assert err.headers.get("x-should-retry") == "false"  # the client does not retry it either
+
+
+def test_error_messages_that_quote_input_are_capped():
+    from clasp.translate.errors import ProxyError, error_event, error_response
+    err = ProxyError(400, "invalid_request_error", "max_tokens: must be a positive integer, got '" + "x" * 100_000 + "'",
+                     {}, False)
+    _, _, body = error_response(err)
+    message = json.loads(body)["error"]["message"]
+    assert message.startswith("max_tokens: must be a positive integer") and len(message) <= 2051
+    assert len(error_event(err)["error"]["message"]) <= 2051

@@ -51,8 +51,10 @@ class ProxyError(Exception):
 
 
 def error_body(error_type: str, message: str, request_id: str | None = None) -> dict:
-    """Anthropic error JSON: {"type":"error","error":{"type","message"}[, "request_id"]}."""
-    body: dict = {"type": "error", "error": {"type": error_type, "message": message}}
+    """Anthropic error JSON: {"type":"error","error":{"type","message"}[, "request_id"]}.
+
+    The message is capped: it may quote client input (a 100 KB value in a 400) or upstream text."""
+    body: dict = {"type": "error", "error": {"type": error_type, "message": _cap(message)}}
     if request_id:
         body["request_id"] = request_id
     return body
@@ -68,7 +70,7 @@ def error_response(err: ProxyError, request_id: str | None = None) -> tuple[int,
 
 def error_event(err: ProxyError) -> dict:
     """The SSE `error` event payload for a failure after the stream started."""
-    return {"type": "error", "error": {"type": err.error_type, "message": err.message}}
+    return {"type": "error", "error": {"type": err.error_type, "message": _cap(err.message)}}
 
 
 # ---------------------------------------------------------------------------------------------
