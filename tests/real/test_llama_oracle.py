@@ -133,28 +133,25 @@ def essence(message: dict, stop_sequence: bool = True) -> dict:
 # ------------------------------------------------------------------------------ fixtures
 
 def _clasp_for(server):
+    """`python -m clasp` in front of a llama-server, for a module's tests; its base URL."""
     proc, port = spawn_clasp(["-provider", "custom", "-model", "smollm"], {"CUSTOM_BASE_URL": server.base + "/v1"})
-    return proc, f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
 def clasp(llama):
-    proc, base = _clasp_for(llama)
-    yield base
-    proc.terminate()
-    proc.wait(10)
-    proc.stdout.close()
-    proc.stderr.close()
+    yield from _clasp_for(llama)
 
 
 @pytest.fixture(scope="module")
 def clasp_small(llama_small):
-    proc, base = _clasp_for(llama_small)
-    yield base
-    proc.terminate()
-    proc.wait(10)
-    proc.stdout.close()
-    proc.stderr.close()
+    yield from _clasp_for(llama_small)
 
 
 # ------------------------------------------------------------------------------ the oracle
