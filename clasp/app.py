@@ -28,11 +28,14 @@ from clasp.pipeline.wire import invalid, parse_body, send_error, send_json
 from clasp.redaction import secret_variants
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
-from clasp.translate.capabilities import capabilities_for
+from clasp.translate.capabilities import Capabilities, capabilities_for
 from clasp.translate.errors import InvalidRequest, ProxyError
 from clasp.translate.jsontext import utf8
-from clasp.translate.tokens import estimate_tokens
+from clasp.translate.request import translate_request
 from clasp.upstream.client import UpstreamClient
+
+
+_NEUTRAL_CAPS = Capabilities()  # count_tokens: validation and estimate do not depend on the upstream
 
 
 class App:
@@ -207,7 +210,10 @@ class App:
                 raise InvalidRequest("messages: field required (a list of messages)")
             if not isinstance(body.get("model"), str) or not body["model"]:
                 raise InvalidRequest("model: field required")
-            tokens = estimate_tokens(body)
+            # The same validation as /v1/messages (a malformed body is a 400 on both); the
+            # translation also yields the estimate.
+            _, ctx = translate_request(body, body["model"], _NEUTRAL_CAPS)
+            tokens = ctx.estimated_input_tokens
         except InvalidRequest as e:
             await send_error(resp, invalid(str(e)))
             return
