@@ -32,6 +32,7 @@ from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
 from clasp.translate.capabilities import capabilities_for
 from clasp.translate.errors import ProxyError
+from clasp.translate.jsontext import utf8
 from clasp.upstream.client import UpstreamClient
 from clasp.upstream.servers import ServerRegistry
 
@@ -188,7 +189,7 @@ class App:
             await send_json(resp, 200, data)
         elif endpoint == "/metrics/prometheus":
             await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                            self.metrics.to_prometheus().encode())
+                            utf8(self.metrics.to_prometheus()))
         else:
             await send_json(resp, 200, self.models())
         return None

@@ -82,15 +82,19 @@ def test_rejected_requests_are_not_series_of_their_own(lt, upstream, proxies):
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_model_name_with_a_lone_surrogate_keeps_metrics_and_logs_working(lt, upstream, proxies, fmt):
     p = start(proxies, lt, upstream, "-log-format", fmt)
-    # JSON may escape a lone surrogate; Python decodes it into a str that cannot be encoded as UTF-8
-    body = b'{"model": "claude-\\udc00\\r\\u0000x", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}'
+    # JSON may escape a lone surrogate that no UTF-8 output can carry: refused at parse time
+    body = b'{"model": "claude-\\udc00", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}'
+    status, _, raw = p.request("POST", "/v1/messages", body)
+    assert status == 400 and "model" in json.loads(raw)["error"]["message"]
+    # control characters are valid JSON text: routed, and kept out of labels and log lines raw
+    body = b'{"model": "claude-\\r\\u0000x", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}'
     assert p.request("POST", "/v1/messages", body)[0] == 200
     raw_json, raw_prom = scrape(p)
     json.loads(raw_json)
     labels = model_labels(raw_prom)  # also: no raw CR or NUL in the exposition
-    assert len(labels) == 1 and next(iter(labels)).startswith("claude-")
+    assert labels == {"-", next(label for label in labels if label.startswith("claude-"))}
     lines = [line for line in p.log.getvalue().splitlines() if "/v1/messages" in line]
-    assert len(lines) == 1 and "claude-" in lines[0]
+    assert len(lines) == 2 and "\r" not in "".join(lines) and "\x00" not in "".join(lines)
 
 
 # ---- connection limit ---------------------------------------------------------------------------

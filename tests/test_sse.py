@@ -136,14 +136,22 @@ def test_encode_event_ping_and_unknown_type() -> None:
     assert encode_event({"type": "custom"}) == b'event: custom\ndata: {"type":"custom"}\n\n'
 
 
-def test_encode_lone_surrogate_falls_back_to_escapes() -> None:
+def test_encode_lone_surrogate_becomes_replacement_character() -> None:
+    # A lone surrogate cannot be UTF-8; escaping it would let the client store text that the
+    # proxy (like the real API) rejects when the conversation is sent back: U+FFFD instead.
     ev = {"type": "content_block_delta", "index": 0,
           "delta": {"type": "text_delta", "text": json.loads('"a\\ud800b"')}}
     out = encode_event(ev)
     assert out.startswith(b"event: content_block_delta\ndata: ")
     data = out.split(b"\n")[1][len(b"data: "):]
-    assert b"\\ud800" in data
-    assert json.loads(data) == ev
+    assert json.loads(data.decode("utf-8"))["delta"]["text"] == "a\ufffdb"
+
+
+def test_encode_non_finite_number_becomes_null() -> None:
+    out = encode_event({"type": "message_delta", "usage": {"output_tokens": float("nan")}})
+    data = out.split(b"\n")[1][len(b"data: "):]
+    assert json.loads(data, parse_constant=lambda c: pytest.fail(c)) == \
+        {"type": "message_delta", "usage": {"output_tokens": None}}
 
 
 def test_encode_events_concatenates_and_round_trips_through_parser() -> None:

@@ -306,6 +306,64 @@ def test_tool_choice_invalid():
         tr(tools=tools, tool_choice={"type": "sometimes"})
 
 
+def user_with(*blocks):
+    return [{"role": "user", "content": [*blocks, {"type": "text", "text": "x"}]}]
+
+
+def image_source(**source):
+    return {"type": "image", "source": source}
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"stream": "yes"}, "stream: must be a boolean"),
+    ({"thinking": True}, "thinking: must be an object"),
+    ({"thinking": {"type": "sometimes"}}, "thinking.type:"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 1023}}, "thinking.budget_tokens:"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 10 ** 9}}, "thinking.budget_tokens:"),
+    ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type:"),          # checked even without tools
+    ({"tool_choice": ["auto"]}, "tool_choice: must be an object"),
+    ({"tool_choice": {"type": "tool", "name": ""}}, "tool_choice.name:"),
+    ({"tool_choice": {"type": "any", "disable_parallel_tool_use": 1}}, "tool_choice.disable_parallel_tool_use:"),
+    ({"tools": [{"name": "T", "input_schema": []}]}, "tools.0.input_schema: must be an object"),
+    ({"max_tokens": 1_000_001}, "max_tokens: must be an integer from 1 to 1000000"),
+    ({"stop_sequences": ["s"] * 1025}, "stop_sequences: at most 1024"),
+    ({"temperature": float("nan")}, "temperature: must be a finite number"),
+    ({"top_p": float("inf")}, "top_p: must be a finite number"),
+    ({"messages": user_with(image_source(type="base64", media_type="image/png", data="a b="))},
+     "messages.0.content.0.source.data: invalid base64"),
+    ({"messages": user_with(image_source(type="base64", media_type="image/png", data="AAAA=A=="))},
+     "messages.0.content.0.source.data: invalid base64"),
+    ({"messages": user_with(image_source(type="base64", media_type="image/png", data="A==="))},
+     "messages.0.content.0.source.data: invalid base64"),
+    ({"messages": user_with(image_source(type="base64", media_type="image/png", data=""))},
+     "messages.0.content.0.source.data: must be a non-empty base64 string"),
+    ({"messages": user_with(image_source(type="base64", media_type="image/bmp", data="Qk0="))},
+     "messages.0.content.0.source.media_type:"),
+    ({"messages": user_with(image_source(type="url", url="ftp://host/x.png"))}, "messages.0.content.0.source.url:"),
+    ({"messages": user_with(image_source(type="url", url="data:image/png,rawbytes"))},
+     "messages.0.content.0.source.url: a data URL must be"),
+    ({"messages": user_with(image_source(type="url"))}, "messages.0.content.0.source.url: must be a non-empty"),
+    ({"messages": user_with({"type": "image"})}, "messages.0.content.0.source: must be an object"),
+    ({"messages": user_with({"type": "document", "source": {"type": "base64", "data": "JVBERi0"}})},
+     "messages.0.content.0.source.data: invalid base64"),
+])
+def test_invalid_field_values_name_the_field(fields, needle):
+    with pytest.raises(InvalidRequest, match=re.escape(needle)):
+        tr(**fields)
+
+
+def test_valid_field_values_pass():
+    out, _ = tr(messages=user_with(image_source(type="base64", media_type="image/webp", data="UklGRg=="),
+                                   image_source(type="base64", data="R0lGOA=="),      # media type defaults
+                                   image_source(type="url", url="HTTPS://example.com/a.png"),
+                                   image_source(type="url", url="data:image/png;base64,iVBORw0KGgo=")),
+                stream=None, thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=1_000_000,
+                tool_choice={"type": "none", "disable_parallel_tool_use": True}, stop_sequences=["a"] * 1024)
+    urls = [p["image_url"]["url"] for p in out["messages"][0]["content"] if p["type"] == "image_url"]
+    assert urls == ["data:image/webp;base64,UklGRg==", "data:image/png;base64,R0lGOA==",
+                    "HTTPS://example.com/a.png", "data:image/png;base64,iVBORw0KGgo="]
+
+
 # ---------------------------------------------------------------------------------------------
 # §1.1 top-level fields
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO, Union
 
 from clasp.redaction import QUERY_SECRET_RE, REDACTED, Headers, drop_secrets, redact_headers, redact_variants, \
     secret_variants
+from clasp.translate.jsontext import encodable
 
 __all__ = ["AccessLog", "DebugLog"]
 
@@ -110,6 +111,7 @@ class AccessLog:
         else:
             line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in ordered.items() if v is not None)
         line = drop_secrets(line, self._secrets)  # fields rarely hold one, but never leak it
+        line = encodable(line)  # a lone surrogate (config text from a non-UTF-8 env) must not drop the line
         try:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -169,7 +171,7 @@ class DebugLog:
             for k, v in redact_headers(headers):
                 parts.append(f"  {k}: {v}")
         parts.append(_body_text(body).rstrip("\n"))  # SSE chunks end in blank lines
-        text = redact_variants("\n".join(parts), self._secrets)
+        text = encodable(redact_variants("\n".join(parts), self._secrets))
         try:
             self.stream.write(text + "\n")
             self.stream.flush()

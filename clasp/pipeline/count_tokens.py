@@ -8,9 +8,12 @@ from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.wire import JSON_HEADER, invalid, json_bytes, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
+from clasp.translate.capabilities import Capabilities
 from clasp.translate.errors import InvalidRequest, ProxyError
 from clasp.translate.request import translate_request
-from clasp.translate.tokens import estimate_tokens
+from clasp.upstream.servers import UNKNOWN
+
+_NEUTRAL_CAPS = Capabilities()  # no route: validation and the estimate do not depend on an upstream
 
 
 class CountTokens:
@@ -35,25 +38,24 @@ class CountTokens:
                 raise InvalidRequest("messages: field required (a list of messages)")
             if not isinstance(body.get("model"), str) or not body["model"]:
                 raise InvalidRequest("model: field required")
-            tokens = await self._exact(body)
-            if tokens is None:
-                tokens = estimate_tokens(body)
+            tokens = await self._count(body)
         except InvalidRequest as e:
             await send_error(resp, invalid(str(e)))
             return
         await resp.send(200, headers, json_bytes({"input_tokens": tokens}))
 
-    async def _exact(self, body: dict) -> int | None:
+    async def _count(self, body: dict) -> int:
+        """Translated as /v1/messages would be (the same validation: a malformed body is a 400 on
+        both), then counted by the upstream when it can, else estimated."""
         try:
             route = self.router.resolve(body["model"])[0]
         except ConfigError:
-            return None  # a provider,model naming a provider without credentials: estimate
+            route = None  # a provider,model naming a provider without credentials: estimate
         servers = self.chain.servers
-        server = await servers.info(route.target)
-        if not server.counts_tokens:
-            return None
-        # count what clasp would send: the same translation as a real request (count_tokens
-        # bodies carry no max_tokens and never stream)
-        upstream_body, _ = translate_request({**body, "max_tokens": 1, "stream": False}, route.model,
-                                             self.chain.caps_for(route, server))
-        return await servers.count_tokens(route.target, server, upstream_body)
+        server = await servers.info(route.target) if route is not None else UNKNOWN
+        caps = self.chain.caps_for(route, server) if route is not None else _NEUTRAL_CAPS
+        upstream_body, ctx = translate_request(body, route.model if route else body["model"], caps)
+        exact = None
+        if route is not None and server.counts_tokens:
+            exact = await servers.count_tokens(route.target, server, upstream_body)
+        return ctx.estimated_input_tokens if exact is None else exact

@@ -15,6 +15,7 @@ from clasp.server.http import Responder
 from clasp.translate.capabilities import Capabilities
 from clasp.translate.context import RequestContext
 from clasp.translate.errors import ProxyError, map_transport_error, map_upstream_error
+from clasp.translate.jsontext import nesting_exceeds
 from clasp.translate.response import translate_response
 from clasp.translate.sse import DEFAULT_MAX_EVENT_BYTES, SSEEventTooLarge, SSEParser, encode_event, encode_events
 from clasp.translate.stream import StreamTranslator, events_from_message
@@ -60,6 +61,10 @@ class Relay:
         except ValueError:
             raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a non-JSON body",
                              {}, True) from None
+        except RecursionError:
+            raise _too_deep(ex.provider) from None
+        if nesting_exceeds(data):
+            raise _too_deep(ex.provider)
         if "error" in data and not data.get("choices"):
             raise scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
                         self.secret_variants)
@@ -68,21 +73,25 @@ class Relay:
             # Not an answer at all: never hand the client an empty end_turn message for it.
             raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a 2xx response without "
                              f"a \"choices\" list of answers", {}, False)
-        message = translate_response(data, ctx, caps)
+        try:
+            message = translate_response(data, ctx, caps)
+            if ex.stream:
+                # the upstream ignored stream:true (or is configured not to stream): synthesize events
+                translator = StreamTranslator(ctx, caps, message_id=message["id"])
+                body = encode_events(translator.start() + events_from_message(message))
+            else:
+                body = json_bytes(message)
+        except RecursionError:  # e.g. tool arguments that parse into thousands of levels
+            raise _too_deep(ex.provider) from None
         ex.book(message.get("usage", {}), sum(1 for b in message["content"] if b.get("type") == "tool_use"))
         ex.status = 200
         if ex.stream:
-            # the upstream ignored stream:true (or is configured not to stream): synthesize events
-            translator = StreamTranslator(ctx, caps, message_id=message["id"])
-            events = translator.start() + events_from_message(message)
             await resp.start(200, [*SSE_HEADERS, *headers])
-            payload = encode_events(events)
             if self.debug_log:
-                self.debug_log.translated_response(payload)
-            resp.write(payload)
+                self.debug_log.translated_response(body)
+            resp.write(body)
             await resp.end()
             return
-        body = json_bytes(message)
         if self.debug_log:
             self.debug_log.translated_response(body)
         if cache_key is not None and self.cache is not None:
@@ -214,6 +223,11 @@ class Relay:
                 state["last"] = self.clock()
 
 
+def _too_deep(provider: str) -> ProxyError:
+    return ProxyError(502, "api_error", f"{provider}: upstream returned JSON nested too deeply to translate",
+                      {}, True)
+
+
 def _translate_payloads(payloads: list[str], translator: StreamTranslator, provider: str) -> list[dict]:
     events: list[dict] = []
     for payload in payloads:
@@ -225,9 +239,23 @@ def _translate_payloads(payloads: list[str], translator: StreamTranslator, provi
         except ValueError:
             log.warning("%s: skipped a malformed stream chunk", provider)
             continue
+        except RecursionError:
+            events.extend(_too_deep_chunk(translator, provider))
+            break
         if isinstance(chunk, dict):
-            events.extend(translator.feed(chunk))
+            try:
+                events.extend(translator.feed(chunk))
+            except RecursionError:
+                events.extend(_too_deep_chunk(translator, provider))
+                break
     return events
+
+
+def _too_deep_chunk(translator: StreamTranslator, provider: str) -> list[dict]:
+    """A chunk nested thousands deep ends the stream with an error event (the relay then
+    finishes the HTTP message cleanly) rather than a connection dropped mid-frame."""
+    log.warning("%s: stream chunk nested too deeply; ending the stream", provider)
+    return translator.fail(_too_deep(provider))
 
 
 async def _drain(chunks, upstream: UpstreamResponse, timeout_s: float = 1.0) -> None:

@@ -9,19 +9,16 @@ from typing import Any
 from clasp.redaction import drop_secrets
 from clasp.server.http import Responder
 from clasp.translate.errors import InvalidRequest, ProxyError, error_response
+from clasp.translate.jsontext import (MAX_NESTING, deep_path, finite_float, has_lone_surrogate_escape, json_utf8,
+                                      lone_surrogate_path, nesting_exceeds, reject_constant)
 from clasp.translate.schema import encoded_tools
 
 JSON_HEADER = ("content-type", "application/json")
 
 
 def json_bytes(obj: Any) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        # A lone surrogate, which a client's JSON may escape ("\udc00") but UTF-8 cannot carry:
-        # pass it on escaped, as it came (the common case pays nothing for this).
-        return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON; always valid and encodable (jsontext.json_utf8)."""
+    return json_utf8(obj)
 
 
 def payload_bytes(body: dict) -> bytes:
@@ -47,16 +44,42 @@ def payload_bytes(body: dict) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
+_BOM = b"\xef\xbb\xbf"
+_decoder = json.JSONDecoder(parse_constant=reject_constant, parse_float=finite_float)
+
+
 def parse_body(raw: bytes) -> dict:
-    """A client's JSON request body; InvalidRequest when it is not a JSON object."""
+    """A client's JSON request body; InvalidRequest when it is not a JSON object, or holds what
+    the proxy could not pass on intact (jsontext): bytes that are not UTF-8, lone surrogates,
+    NaN / Infinity, nesting deeper than MAX_NESTING. Checked here, before anything recursive
+    (estimator, translator, cache key) sees the body."""
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
+    if raw[:3] == _BOM:
+        raw = raw[3:]
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        # Strict UTF-8 (json.loads(bytes) would also take UTF-16 and encoded surrogates).
+        raw = bytes(raw)  # no copy for bytes
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidRequest(f"request body is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        body = _decoder.decode(text)
+    except RecursionError:
+        raise InvalidRequest(f"request body is nested too deeply (more than {MAX_NESTING} levels "
+                             "of arrays and objects)") from None
+    except ValueError as e:
         raise InvalidRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if nesting_exceeds(body):
+        raise InvalidRequest(f"{deep_path(body)}: nested more than {MAX_NESTING} levels deep "
+                             "(arrays and objects)")
+    if has_lone_surrogate_escape(raw):
+        found = lone_surrogate_path(body)
+        if found is not None:
+            raise InvalidRequest(f"{found[0]}: string contains a lone surrogate ({found[1]}), "
+                                 "which is not valid Unicode")
     return body
 
 

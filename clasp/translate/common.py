@@ -11,6 +11,8 @@ import os
 import re
 import string
 
+from clasp.translate.jsontext import MAX_TOOL_INPUT_NESTING, nesting_exceeds
+
 __all__ = [
     "random_id",
     "message_id",
@@ -125,17 +127,18 @@ def _first_balanced_object(s: str) -> str | None:
 
 
 def _loads(s: str) -> object:
-    """json.loads, then the same text without trailing commas; _FAILED if neither parses."""
+    """json.loads, then the same text without trailing commas; _FAILED if neither parses.
+    Text nested too deeply to parse (RecursionError) is unparseable like any other."""
     try:
         return json.loads(s)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     if "," in s:
         fixed = _strip_trailing_commas(s)
         if fixed != s:
             try:
                 return json.loads(fixed)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
     return _FAILED
 
@@ -179,8 +182,8 @@ def parse_tool_arguments(raw: object) -> dict:
 
     dict as-is; ""/whitespace/None -> {}; JSON text parsed, with repair of code fences, text
     around the first balanced object, trailing commas and double encoding; unrepairable -> {}
-    (the client re-validates against the schema and lets the model retry); non-object JSON ->
-    {"value": x}."""
+    (the client re-validates against the schema and lets the model retry), and so is JSON
+    nested deeper than the client could send back; non-object JSON -> {"value": x}."""
     if isinstance(raw, dict):
         return raw
     if raw is None:
@@ -193,7 +196,7 @@ def parse_tool_arguments(raw: object) -> dict:
     if not text:
         return {}
     value = _parse_text(text)
-    if value is _FAILED:
+    if value is _FAILED or nesting_exceeds(value, MAX_TOOL_INPUT_NESTING):
         return {}
     return _as_object(value, 0)
 

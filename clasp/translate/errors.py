@@ -14,6 +14,7 @@ from typing import Mapping
 
 from clasp.redaction import redact
 from clasp.translate.context import RequestContext
+from clasp.translate.jsontext import json_utf8
 
 __all__ = [
     "InvalidRequest",
@@ -62,7 +63,7 @@ def error_body(error_type: str, message: str, request_id: str | None = None) -> 
 
 def error_response(err: ProxyError, request_id: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
     """(status, headers, body) of the plain JSON error response for `err`."""
-    body = json.dumps(error_body(err.error_type, err.message, request_id), ensure_ascii=False).encode("utf-8")
+    body = json_utf8(error_body(err.error_type, err.message, request_id))  # upstream text may hold lone surrogates
     headers = [("content-type", "application/json")]
     headers.extend(err.headers.items())
     return err.status, headers, body
@@ -93,7 +94,7 @@ def _as_text(value: object) -> str:
         return ""
     try:
         return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return str(value)
 
 
@@ -113,7 +114,7 @@ def _parse_body(body: bytes) -> _Parsed:
     if stripped[:1] in ("{", "["):
         try:
             obj = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile body nested thousands deep is still just text
             obj = None
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):
         obj = obj[0]  # Gemini's OpenAI-compatible endpoint wraps the error in a list

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 from clasp.translate.capabilities import Capabilities
@@ -42,6 +43,15 @@ PDF_OMITTED = "[PDF omitted: upstream cannot read PDFs]"
 
 _ROLES = ("user", "assistant", "system")
 _MAX_STOP = 4                   # OpenAI accepts at most 4 stop strings
+# Client limits (400 naming the field, upstream never contacted). Where Anthropic documents a
+# limit it is used; the others are generous bounds that no real request comes near.
+_MAX_OUTPUT_TOKENS = 1_000_000  # max_tokens / thinking.budget_tokens: no model writes more
+_MAX_STOP_SEQUENCES = 1024
+_MIN_THINKING_BUDGET = 1024     # Anthropic's minimum budget_tokens
+_THINKING_TYPES = ("enabled", "disabled", "adaptive")
+_TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+_IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _MIN_REASONING_TOKENS = 16      # tiny caps leave reasoning models no room for visible output
 _EFFORTS = ("low", "medium", "high", "xhigh", "max")
 _OPENAI_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
@@ -63,6 +73,41 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A client value quoted in an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_base64(data: Any, where: str) -> None:
+    """Standard base64 with padding, no whitespace: what the Anthropic API accepts. One C-level
+    pass (bytes.translate deletes the alphabet; anything left is invalid), ~1 ms per MB."""
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest(f"{where}: must be a non-empty base64 string")
+    if not data.isascii() or len(data) % 4:
+        raise InvalidRequest(f"{where}: invalid base64 data")
+    raw = data.encode("ascii")
+    body = raw.rstrip(b"=")
+    if len(raw) - len(body) > 2 or body.translate(None, _BASE64_ALPHABET):
+        raise InvalidRequest(f"{where}: invalid base64 data")
+
+
+def _check_image_url(url: Any, where: str) -> None:
+    """http(s) URLs, or data: URLs with base64 content; never file:, ftp: and the like."""
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest(f"{where}: must be a non-empty string")
+    head = url[:8].lower()
+    if head.startswith(("https://", "http://")):
+        return
+    if head.startswith("data:"):
+        meta, sep, data = url.partition(",")
+        if not sep or not meta.lower().endswith(";base64"):
+            raise InvalidRequest(f"{where}: a data URL must be data:<media type>;base64,<data>")
+        _check_base64(data, where)
+        return
+    raise InvalidRequest(f"{where}: must be an http(s) or data: URL, got {_shown(url[:40])}")
 
 
 def _text_part(text: str) -> dict:
@@ -103,17 +148,26 @@ def _system_text(content: Any, where: str, strip_billing: bool) -> str:
     return "\n\n".join(texts)
 
 
-def _image_part(source: Any) -> dict:
-    """image_url part for an Anthropic image source, or a text placeholder."""
-    if isinstance(source, dict):
-        stype = source.get("type")
-        if stype == "base64" and isinstance(source.get("data"), str):
-            media = source.get("media_type") or "image/png"
-            return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
-        if stype == "url" and isinstance(source.get("url"), str):
-            return {"type": "image_url", "image_url": {"url": source["url"]}}
-        if stype == "file":
-            return _text_part(f"[file {source.get('file_id', '')} omitted]")
+def _image_part(source: Any, where: str) -> dict:
+    """image_url part for an Anthropic image source (validated: `where` names it in errors),
+    or a text placeholder."""
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{where}: must be an object")
+    stype = source.get("type")
+    if stype == "base64":
+        _check_base64(source.get("data"), where + ".data")
+        media = source.get("media_type")
+        if media is None:
+            media = "image/png"
+        elif media not in _IMAGE_MEDIA_TYPES:
+            raise InvalidRequest(f"{where}.media_type: must be one of {', '.join(_IMAGE_MEDIA_TYPES)}, "
+                                 f"got {_shown(media)}")
+        return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
+    if stype == "url":
+        _check_image_url(source.get("url"), where + ".url")
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    if stype == "file":
+        return _text_part(f"[file {source.get('file_id', '')} omitted]")
     return _text_part("[image omitted: unsupported source]")
 
 
@@ -127,12 +181,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _document_part(block: dict, caps: Capabilities) -> dict:
+def _document_part(block: dict, caps: Capabilities, where: str) -> dict:
     """Text part, or (flag pdf_file_parts) a file part for a base64 PDF (§1.5)."""
     source = block.get("source")
     title = block.get("title") if isinstance(block.get("title"), str) else None
     stype = source.get("type") if isinstance(source, dict) else None
-    if stype == "base64" and isinstance(source.get("data"), str):
+    if stype == "base64":
+        _check_base64(source.get("data"), where + ".source.data")
         if caps.pdf_file_parts:
             return {"type": "file", "file": {
                 "filename": title or "document.pdf",
@@ -308,7 +363,7 @@ class _Builder:
                     continue                     # orphan or duplicate result: upstream would 400
                 answered.add(call_id)
                 self.out.append({"role": "tool", "tool_call_id": call_id,
-                                 "content": self.tool_result_text(block, lifted)})
+                                 "content": self.tool_result_text(block, lifted, f"{where}.content.{i}")})
             self.close_pending(answered)
         # else: results without a preceding call are orphans and are dropped (§1.6.4).
 
@@ -328,12 +383,12 @@ class _Builder:
                 raise InvalidRequest(f"{where}.text: must be a string")
             return _text_part(text) if text.strip() else None
         if btype == "image":
-            return _image_part(block.get("source"))
+            return _image_part(block.get("source"), where + ".source")
         if btype == "document":
-            return _document_part(block, self.caps)
+            return _document_part(block, self.caps, where)
         return _summary_part(block, btype)
 
-    def tool_result_text(self, block: dict, lifted: list[dict]) -> str:
+    def tool_result_text(self, block: dict, lifted: list[dict], where: str) -> str:
         """String content of a tool message; images (and PDF file parts) go to `lifted`,
         because only user messages may carry them (§1.6.3)."""
         content = block.get("content")
@@ -341,7 +396,7 @@ class _Builder:
             text = content
         elif isinstance(content, list):
             texts: list[str] = []
-            for sub in content:
+            for j, sub in enumerate(content):
                 if not isinstance(sub, dict):
                     continue
                 stype = sub.get("type")
@@ -349,14 +404,14 @@ class _Builder:
                     if isinstance(sub.get("text"), str) and sub["text"].strip():
                         texts.append(sub["text"])
                 elif stype == "image":
-                    part = _image_part(sub.get("source"))
+                    part = _image_part(sub.get("source"), f"{where}.content.{j}.source")
                     if part["type"] == "text":
                         texts.append(part["text"])
                     else:
                         texts.append(IMAGE_MOVED)
                         lifted.append(part)
                 elif stype == "document":
-                    part = _document_part(sub, self.caps)
+                    part = _document_part(sub, self.caps, f"{where}.content.{j}")
                     if part["type"] == "text":
                         texts.append(part["text"])
                     else:
@@ -423,12 +478,49 @@ def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dic
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"tools.{i}.name: must be a non-empty string")
+        if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
+            raise InvalidRequest(f"tools.{i}.input_schema: must be an object (a JSON schema)")
         entry = function_tool(tool, caps.gemini_schema)
         up_name = entry["function"]["name"]
         if up_name != name:
             name_map[up_name] = name
         out.append(entry)
     return out
+
+
+def _check_options(body: dict) -> None:
+    """stream, thinking and tool_choice have the shape the Anthropic API requires (whether or
+    not the upstream gets them: tool_choice is checked even without tools)."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest(f"stream: must be a boolean, got {_shown(stream)}")
+    thinking = body.get("thinking")
+    if thinking is not None:
+        if not isinstance(thinking, dict):
+            raise InvalidRequest("thinking: must be an object")
+        ttype = thinking.get("type")
+        if ttype not in _THINKING_TYPES:
+            raise InvalidRequest(f"thinking.type: must be one of 'enabled', 'disabled', 'adaptive', "
+                                 f"got {_shown(ttype)}")
+        budget = thinking.get("budget_tokens")
+        if budget is not None and (not _is_int(budget)
+                                   or not _MIN_THINKING_BUDGET <= budget <= _MAX_OUTPUT_TOKENS):
+            raise InvalidRequest(f"thinking.budget_tokens: must be an integer from {_MIN_THINKING_BUDGET} "
+                                 f"to {_MAX_OUTPUT_TOKENS}, got {_shown(budget)}")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict):
+            raise InvalidRequest("tool_choice: must be an object")
+        ctype = choice.get("type")
+        if ctype not in _TOOL_CHOICE_TYPES:
+            raise InvalidRequest(f"tool_choice.type: must be one of 'auto', 'any', 'tool', 'none', "
+                                 f"got {_shown(ctype)}")
+        name = choice.get("name")
+        if ctype == "tool" and (not isinstance(name, str) or not name):
+            raise InvalidRequest("tool_choice.name: must be a non-empty string")
+        parallel = choice.get("disable_parallel_tool_use")
+        if parallel is not None and not isinstance(parallel, bool):
+            raise InvalidRequest("tool_choice.disable_parallel_tool_use: must be a boolean")
 
 
 def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool, list[dict]]:
@@ -525,17 +617,22 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
     max_tokens = 0
     if "max_tokens" in body:
         raw = body["max_tokens"]
-        if not _is_int(raw) or raw < 1:
-            raise InvalidRequest(f"max_tokens: must be a positive integer, got {raw!r}")
+        if not _is_int(raw) or not 1 <= raw <= _MAX_OUTPUT_TOKENS:
+            raise InvalidRequest(f"max_tokens: must be an integer from 1 to {_MAX_OUTPUT_TOKENS}, "
+                                 f"got {_shown(raw)}")
         max_tokens = _max_tokens(raw, caps)
 
     stop_raw = body.get("stop_sequences")
     if stop_raw is not None and (not isinstance(stop_raw, list)
                                  or not all(isinstance(s, str) for s in stop_raw)):
         raise InvalidRequest("stop_sequences: must be a list of strings")
+    if stop_raw is not None and len(stop_raw) > _MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"stop_sequences: at most {_MAX_STOP_SEQUENCES} stop sequences, "
+                             f"got {len(stop_raw)}")
     for key in ("temperature", "top_p", "top_k"):
-        if body.get(key) is not None and not _is_number(body[key]):
-            raise InvalidRequest(f"{key}: must be a number")
+        if body.get(key) is not None and not (_is_number(body[key]) and math.isfinite(body[key])):
+            raise InvalidRequest(f"{key}: must be a finite number")
+    _check_options(body)
 
     name_map: dict[str, str] = {}
     builder = _Builder(caps, name_map)

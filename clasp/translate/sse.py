@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from clasp.translate.jsontext import json_utf8
+
 __all__ = ["SSEParser", "SSEEventTooLarge", "encode_event", "encode_events", "DEFAULT_MAX_EVENT_BYTES"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -136,8 +138,7 @@ class SSEParser:
 
 
 # One encoder object: json.dumps with non-default arguments builds a new encoder per call.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_encode_json_ascii = json.JSONEncoder(separators=(",", ":")).encode
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 _PREFIXES: dict[str, bytes] = {
     name: b"event: " + name.encode("ascii") + b"\ndata: "
@@ -156,10 +157,11 @@ def encode_event(event: dict) -> bytes:
         prefix = b"event: " + str(etype).encode("utf-8") + b"\ndata: "
     try:
         body = _encode_json(event).encode("utf-8")
-    except UnicodeEncodeError:
-        # Lone surrogates (from "\\ud800" escapes upstream) cannot be UTF-8; ASCII-escaped
-        # JSON keeps them as escapes the client's JSON parser accepts.
-        body = _encode_json_ascii(event).encode("ascii")
+    except ValueError:
+        # Lone surrogates (from "\\ud800" escapes upstream) cannot be UTF-8, nor NaN JSON:
+        # U+FFFD / null instead (jsontext), so the client never stores text that the real API
+        # would reject when the conversation is sent back.
+        body = json_utf8(event)
     return prefix + body + b"\n\n"
 
 

@@ -26,12 +26,13 @@ from .common import (
     tool_use_id,
 )
 from .errors import ProxyError, error_event, map_upstream_error
+from .jsontext import json_str
 
 __all__ = ["StreamTranslator"]
 
 log = logging.getLogger("clasp.translate")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = json_str  # tool input as partial_json: compact, and valid JSON even with NaN upstream
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
@@ -71,7 +72,7 @@ class _Tool:
                 try:
                     json.loads(self.args())
                     self.complete = True
-                except ValueError:
+                except (ValueError, RecursionError):
                     self.complete = False
         return self.complete
 
@@ -595,7 +596,7 @@ def events_from_message(message: dict) -> list[dict]:
             if block["input"]:
                 events.append({"type": "content_block_delta", "index": i,
                                "delta": {"type": "input_json_delta",
-                                         "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+                                         "partial_json": _dumps(block["input"])}})
         events.append({"type": "content_block_stop", "index": i})
     events.append({"type": "message_delta",
                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
