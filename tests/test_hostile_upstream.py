@@ -383,3 +383,25 @@ def test_first_byte_timeout_is_a_setting():
     env = {"HOME": "/nonexistent-clasp-test-home"}
     assert load_config([], {**env, "CLASP_FIRST_BYTE_TIMEOUT": "42"})[0].first_byte_timeout == 42.0
     assert load_config([], env)[0].first_byte_timeout == 300.0
+
+
+def test_an_unexpected_failure_mid_stream_ends_it_with_an_error_event(proxy, upstream, monkeypatch):
+    """Nothing is lost silently: even a bug in the translation ends the stream explicitly."""
+    from clasp.translate.stream import StreamTranslator
+    real_feed = StreamTranslator.feed
+    fed = []
+
+    def feed(self, chunk):
+        fed.append(chunk)
+        if len(fed) == 3:
+            raise RuntimeError("a bug")
+        return real_feed(self, chunk)
+
+    monkeypatch.setattr(StreamTranslator, "feed", feed)
+    upstream.script = lambda seen: sse_reply(text_chunks(["one ", "two ", "three"]))
+    status, _, events = proxy.post(STREAM)
+    assert status == 200
+    assert names(events)[0] == "message_start" and names(events)[-1] == "error"
+    assert events[-1][1]["error"]["type"] == "api_error" and "message_stop" not in names(events)
+    monkeypatch.setattr(StreamTranslator, "feed", real_feed)
+    assert proxy.post(STREAM)[2][-1][0] == "message_stop"  # and the proxy keeps serving

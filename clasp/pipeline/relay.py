@@ -196,8 +196,14 @@ class Relay:
             err = map_transport_error(e, ex.provider)
             resp.write(encode_events(translator.fail(err)))
             failed = True
+        except Exception:
+            # A bug, or input nobody foresaw: the client still gets an explicit end, not a cut.
+            log.exception("%s: relaying the stream failed", ex.provider)
+            upstream.close()
+            resp.write(_internal_error_events(translator))
+            failed = True
         except BaseException:
-            upstream.close()  # cancelled (client left) or failed: never pool a half-read connection
+            upstream.close()  # cancelled (client left): never pool a half-read connection
             raise
         finally:
             pinger.cancel()
@@ -226,6 +232,14 @@ class Relay:
 def _too_deep(provider: str) -> ProxyError:
     return ProxyError(502, "api_error", f"{provider}: upstream returned JSON nested too deeply to translate",
                       {}, True)
+
+
+def _internal_error_events(translator: StreamTranslator) -> bytes:
+    err = ProxyError(500, "api_error", "internal proxy error while relaying the stream", {}, False)
+    try:
+        return encode_events(translator.fail(err))
+    except Exception:  # the translator itself is what broke: a bare error event still ends the stream
+        return encode_event({"type": "error", "error": {"type": err.error_type, "message": err.message}})
 
 
 def _translate_payloads(payloads: list[str], translator: StreamTranslator, provider: str) -> list[dict]:
