@@ -72,6 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
        "exact aliases 'requested=upstream,...' (upstream may be 'provider:model')"),
     _s("model_flags", str, "", "CLASP_MODEL_FLAGS", "model-flags",
        "capability flags for the upstream model, e.g. 'no_stream_options,max_output_cap=16384'"),
+    _s("openai_api", str, "auto", "CLASP_OPENAI_API", "openai-api",
+       "upstream API dialect: chat (Chat Completions), responses (Responses API) or auto "
+       "(responses for the models served only there: codex, -pro)"),
     _s("client_model_choice", str, "auto", "CLASP_CLIENT_MODEL_CHOICE", "client-model-choice",
        "let clients pick the provider ('provider,model') and pass other model names through: "
        "auto (on when listening on loopback without auth), on or off"),
@@ -131,6 +134,8 @@ SETTINGS: tuple[Setting, ...] = (
        "explicit fallback provider (default: other providers with credentials)"),
     _s("fallback_model", str, "", "CLASP_FALLBACK_MODEL", "fallback-model", "model on the fallback target"),
     _s("fallback_base_url", str, "", "CLASP_FALLBACK_BASE_URL", None, "base URL of the fallback target"),
+    _s("fallback_api", str, "", "CLASP_FALLBACK_API", None,
+       "API dialect of the fallback target: chat, responses or auto (default: CLASP_OPENAI_API)"),
     _s("fallback_api_key", str, "", "CLASP_FALLBACK_API_KEY", None, "API key of the fallback target",
        secret=True),
     # multi-provider tiers
@@ -143,6 +148,8 @@ SETTINGS: tuple[Setting, ...] = (
            f"API key for the {tier} tier (inherits the provider's key)", secret=True),
         _s(f"{tier}_base_url", str, "", f"CLASP_{tier.upper()}_BASE_URL", None,
            f"base URL for the {tier} tier (default: the provider's)"),
+        _s(f"{tier}_api", str, "", f"CLASP_{tier.upper()}_API", None,
+           f"API dialect for the {tier} tier: chat, responses or auto (default: CLASP_OPENAI_API)"),
     )),
     # auth
     _s("auth", bool, False, "CLASP_AUTH", "auth", "require an API key from clients"),
@@ -173,6 +180,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 _BY_FLAG = {s.flag: s for s in SETTINGS if s.flag}
 PROVIDERS = ("openai", "azure", "openrouter", "custom")
 CLIENT_MODEL_CHOICES = ("auto", "on", "off")
+APIS = ("chat", "responses", "auto")  # upstream dialects: Chat Completions, Responses, by model
 
 
 def is_loopback_host(host: str) -> bool:
@@ -212,6 +220,7 @@ class Config:
     model_haiku: str = ""
     model_aliases: str = ""
     model_flags: str = ""
+    openai_api: str = "auto"
     client_model_choice: str = "auto"
     openai_api_key: str = ""
     openai_base_url: str = "https://api.openai.com/v1"
@@ -247,20 +256,24 @@ class Config:
     fallback_provider: str = ""
     fallback_model: str = ""
     fallback_base_url: str = ""
+    fallback_api: str = ""
     fallback_api_key: str = ""
     multi_provider: bool = False
     opus_provider: str = ""
     opus_model: str = ""
     opus_api_key: str = ""
     opus_base_url: str = ""
+    opus_api: str = ""
     sonnet_provider: str = ""
     sonnet_model: str = ""
     sonnet_api_key: str = ""
     sonnet_base_url: str = ""
+    sonnet_api: str = ""
     haiku_provider: str = ""
     haiku_model: str = ""
     haiku_api_key: str = ""
     haiku_base_url: str = ""
+    haiku_api: str = ""
     auth: bool = False
     auth_api_key: str = ""
     auth_allow_anonymous_health: bool = True
@@ -510,6 +523,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"port {cfg.port} out of range (CLASP_PORT / -port)")
     if cfg.workers < 1:
         raise ConfigError("workers must be at least 1 (CLASP_WORKERS / -workers)")
+    for name, env in (("openai_api", "CLASP_OPENAI_API / -openai-api"), ("fallback_api", "CLASP_FALLBACK_API"),
+                      *((f"{t}_api", f"CLASP_{t.upper()}_API") for t in TIERS)):
+        value = getattr(cfg, name)
+        if value and value not in APIS:
+            raise ConfigError(f"API dialect must be {', '.join(APIS)}, got {value!r} ({env})")
     if cfg.client_model_choice not in CLIENT_MODEL_CHOICES:
         raise ConfigError(f"client model choice must be {', '.join(CLIENT_MODEL_CHOICES)}, got "
                           f"{cfg.client_model_choice!r} (CLASP_CLIENT_MODEL_CHOICE / -client-model-choice)")

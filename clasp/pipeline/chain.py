@@ -100,7 +100,11 @@ class UpstreamChain:
                 route = routes[i]
                 caps = self.caps_for(route, server)
                 try:
-                    upstream_body, ctx = translate_request(body, route.model, caps)
+                    if route.api == "responses":
+                        from clasp.translate.responses_request import translate_responses_request
+                        upstream_body, ctx = translate_responses_request(body, route.model, caps)
+                    else:
+                        upstream_body, ctx = translate_request(body, route.model, caps)
                 except InvalidRequest as e:
                     raise invalid(str(e)) from None
                 ctx.requested_model = ex.requested_model
@@ -178,13 +182,13 @@ class UpstreamChain:
         if ctx.stream:
             headers.append(("accept", "text/event-stream"))
         if self.debug_log:
-            self.debug_log.upstream_request(target.url, headers, payload)
+            self.debug_log.upstream_request(route.url, headers, payload)
 
         async def attempt(n: int):
             if n:
                 self.metrics.record_retry(target.name)
             try:
-                upstream = await self.client.request("POST", target.url, headers, payload)
+                upstream = await self.client.request("POST", route.url, headers, payload)
             except UpstreamError as e:
                 self.metrics.record_upstream_error(target.name, _transport_kind(e))
                 return map_transport_error(e, target.name)

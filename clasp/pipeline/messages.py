@@ -107,9 +107,9 @@ class MessagesPipeline:
         # relay
         is_sse = "text/event-stream" in upstream.headers.get("content-type", "")
         if ex.stream and is_sse:
-            await self.relay.stream(upstream, resp, ctx, caps, ex, extra_headers)
+            await self.relay.stream(upstream, resp, ctx, caps, ex, extra_headers, route.api)
         else:
-            await self.relay.whole(upstream, resp, ctx, caps, ex, extra_headers, cache_key)
+            await self.relay.whole(upstream, resp, ctx, caps, ex, extra_headers, cache_key, route.api)
 
     def _record(self, req: Request, ex: Exchange) -> None:
         latency = self.clock() - ex.started

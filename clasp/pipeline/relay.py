@@ -44,7 +44,8 @@ class Relay:
         self.secret_variants = list(secret_variants)
 
     async def whole(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
-                    caps: Capabilities, ex: Exchange, headers: list, cache_key: str | None) -> None:
+                    caps: Capabilities, ex: Exchange, headers: list, cache_key: str | None,
+                    api: str = "chat") -> None:
         try:
             raw = await upstream.read()
         except UpstreamError as e:
@@ -65,16 +66,25 @@ class Relay:
             raise _too_deep(ex.provider) from None
         if nesting_exceeds(data):
             raise _too_deep(ex.provider)
-        if "error" in data and not data.get("choices"):
-            raise scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
-                        self.secret_variants)
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            # Not an answer at all: never hand the client an empty end_turn message for it.
-            raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a 2xx response without "
-                             f"a \"choices\" list of answers", {}, False)
+        responses = api == "responses"
+        if not responses:
+            if "error" in data and not data.get("choices"):
+                raise scrub(map_upstream_error(upstream.status, upstream.headers, raw, ex.provider, ctx),
+                            self.secret_variants)
+            choices = data.get("choices")
+            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                # Not an answer at all: never hand the client an empty end_turn message for it.
+                raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a 2xx response without "
+                                 f"a \"choices\" list of answers", {}, False)
         try:
-            message = translate_response(data, ctx, caps)
+            if responses:
+                from clasp.translate.responses_response import translate_responses_response
+                try:
+                    message = translate_responses_response(data, ctx, caps)
+                except ProxyError as err:  # a failed response under a 2xx
+                    raise scrub(err, self.secret_variants) from None
+            else:
+                message = translate_response(data, ctx, caps)
             if ex.stream:
                 # the upstream ignored stream:true (or is configured not to stream): synthesize events
                 translator = StreamTranslator(ctx, caps, message_id=message["id"])
@@ -99,10 +109,15 @@ class Relay:
         await resp.send(200, [JSON_HEADER, *headers], body)
 
     async def stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
-                     caps: Capabilities, ex: Exchange, headers: list) -> None:
+                     caps: Capabilities, ex: Exchange, headers: list, api: str = "chat") -> None:
         """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
-        drained before the next read, so memory stays bounded and events flow as they arrive."""
-        translator = StreamTranslator(ctx, caps, provider=ex.provider)
+        drained before the next read, so memory stays bounded and events flow as they arrive.
+        Chat Completions chunks or Responses API events: the same Anthropic events either way."""
+        if api == "responses":
+            from clasp.translate.responses_stream import ResponsesStreamTranslator
+            translator = ResponsesStreamTranslator(ctx, caps, provider=ex.provider)
+        else:
+            translator = StreamTranslator(ctx, caps, provider=ex.provider)
         parser = SSEParser(self.max_sse_event_size)
         await resp.start(200, [*SSE_HEADERS, *headers])
         ex.status = 200

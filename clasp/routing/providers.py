@@ -7,10 +7,11 @@ into an ordered chain of (target, upstream model) to try: the primary, then fall
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from clasp.config import PROVIDERS, TIERS, Config, ConfigError
+from clasp.config import APIS, PROVIDERS, TIERS, Config, ConfigError
+from clasp.translate.capabilities import upstream_api
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -32,6 +33,11 @@ class Target:
     headers: tuple[tuple[str, str], ...] = field(repr=False)  # auth + attribution; never logged
     default_model: str = ""            # "" = pass the requested name through
     tier_models: tuple[tuple[str, str], ...] = ()  # (tier, model) overrides on this target
+    responses_url: str = field(default="", repr=False)  # its Responses API URL
+    api: str = "auto"                  # configured dialect: chat | responses | auto (by model)
+
+    def url_for(self, api: str) -> str:
+        return self.responses_url if api == "responses" else self.url
 
     def model_for(self, tier: str | None, requested: str) -> str:
         if tier:
@@ -55,8 +61,9 @@ def _check_url(url: str, variable: str) -> str:
 
 def build_target(provider: str, cfg: Config, *, name: str | None = None, model: str = "",
                  api_key: str = "", base_url: str = "", key_var: str | None = None,
-                 url_var: str | None = None) -> Target:
+                 url_var: str | None = None, api: str = "") -> Target:
     """Build a Target for one provider from the config, raising ConfigError naming what is missing."""
+    api = api or cfg.openai_api
     if provider not in PROVIDERS:
         raise ConfigError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     name = name or provider
@@ -75,8 +82,10 @@ def build_target(provider: str, cfg: Config, *, name: str | None = None, model: 
         url = _with_path(endpoint, f"/openai/deployments/{quote(deployment, safe='')}/chat/completions",
                          f"api-version={quote(cfg.azure_api_version, safe='')}")
         headers.append(("api-key", key))
-        # the deployment in the URL decides the model; the body's model is informational
-        return Target(name, provider, url, tuple(headers), deployment)
+        # the deployment in the URL decides the model (the body's is informational); Azure's v1
+        # Responses API takes the deployment as the body's model instead
+        return Target(name, provider, url, tuple(headers), deployment,
+                      responses_url=_with_path(endpoint, "/openai/v1/responses"), api=api)
     if provider == "openai":
         key = api_key or cfg.openai_api_key
         base = base_url or cfg.openai_base_url or DEFAULT_BASE_URLS["openai"]
@@ -102,15 +111,20 @@ def build_target(provider: str, cfg: Config, *, name: str | None = None, model: 
         base = _check_url(base, url_var or "CUSTOM_BASE_URL")
     if key:
         headers.insert(0, ("Authorization", f"Bearer {key}"))
-    url = _chat_completions_url(base)
-    return Target(name, provider, url, tuple(headers), model or DEFAULT_MODELS.get(provider, ""))
+    return Target(name, provider, _api_url(base, "/chat/completions"), tuple(headers),
+                  model or DEFAULT_MODELS.get(provider, ""), responses_url=_api_url(base, "/responses"), api=api)
 
 
-def _chat_completions_url(base: str) -> str:
-    """The Chat Completions URL of a base URL: "/chat/completions" goes at the end of the path,
-    before a query string (Azure-style "?api-version=..." gateways), unless the path has it."""
-    path = urlsplit(base).path.rstrip("/")
-    return _with_path(base, "" if path.endswith("/chat/completions") else "/chat/completions")
+def _api_url(base: str, endpoint: str) -> str:
+    """The URL of an API endpoint ("/chat/completions", "/responses") under a base URL: at the end
+    of the path, before a query string (Azure-style "?api-version=..." gateways). A base that
+    already names an endpoint (a full chat/completions or responses URL) has it replaced."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    for known in ("/chat/completions", "/responses"):
+        if path.endswith(known):
+            path = path[: -len(known)]
+    return _with_path(urlunsplit(parts._replace(path=path)), endpoint)
 
 
 def _with_path(base: str, suffix: str, query: str = "") -> str:
@@ -133,6 +147,16 @@ class Route:
     target: Target
     model: str            # upstream model
     tier: str | None
+    api: str = "chat"     # the dialect this request speaks upstream: chat | responses
+
+    @property
+    def url(self) -> str:
+        return self.target.url_for(self.api)
+
+
+def _route(target: Target, model: str, tier: str | None, api: str = "") -> Route:
+    """A route, its dialect decided by the alias's, else the target's setting (auto: by model)."""
+    return Route(target, model, tier, upstream_api(api or target.api, model))
 
 
 class Router:
@@ -142,9 +166,7 @@ class Router:
         self.cfg = cfg
         self.client_chooses = cfg.client_chooses_model
         tier_models = tuple((t, getattr(cfg, f"model_{t}")) for t in TIERS)
-        primary = build_target(cfg.provider, cfg, model=cfg.model)
-        self.primary = Target(primary.name, primary.provider, primary.url, primary.headers,
-                              primary.default_model, tier_models)
+        self.primary = replace(build_target(cfg.provider, cfg, model=cfg.model), tier_models=tier_models)
         self.targets: dict[str, Target] = {self.primary.name: self.primary}
         self.tier_targets: dict[str, Target] = {}
         if cfg.multi_provider:
@@ -157,7 +179,7 @@ class Router:
                     provider, cfg, name=f"{tier}:{provider}", model=getattr(cfg, f"{tier}_model"),
                     api_key=getattr(cfg, f"{tier}_api_key"), base_url=getattr(cfg, f"{tier}_base_url"),
                     key_var=f"CLASP_{up}_API_KEY or {KEY_ENV[provider]}",
-                    url_var=f"CLASP_{up}_BASE_URL")
+                    url_var=f"CLASP_{up}_BASE_URL", api=getattr(cfg, f"{tier}_api"))
                 self.tier_targets[tier] = target
                 self.targets[target.name] = target
         self.fallbacks: list[Target] = []
@@ -166,7 +188,7 @@ class Router:
             for t in self.fallbacks:
                 self.targets[t.name] = t
         self.aliases = self._parse_aliases(cfg.model_aliases)
-        for provider, _ in self.aliases.values():
+        for provider, _, _ in self.aliases.values():
             if provider:  # a missing key or URL stops clasp at start-up, not on the first request
                 try:
                     self._target_for_provider(provider)
@@ -179,25 +201,31 @@ class Router:
                                  model=cfg.fallback_model, api_key=cfg.fallback_api_key,
                                  base_url=cfg.fallback_base_url,
                                  key_var=f"CLASP_FALLBACK_API_KEY or {KEY_ENV[cfg.fallback_provider]}",
-                                 url_var="CLASP_FALLBACK_BASE_URL")]
+                                 url_var="CLASP_FALLBACK_BASE_URL", api=cfg.fallback_api)]
         chain = []
         for provider in PROVIDERS:
             if provider != cfg.provider and _has_credentials(provider, cfg):
                 chain.append(build_target(provider, cfg, name=f"fallback:{provider}",
-                                          model=cfg.fallback_model))
+                                          model=cfg.fallback_model, api=cfg.fallback_api))
         return chain
 
-    def _parse_aliases(self, text: str) -> dict[str, tuple[str | None, str]]:
-        out: dict[str, tuple[str | None, str]] = {}
+    def _parse_aliases(self, text: str) -> dict[str, tuple[str | None, str, str]]:
+        """requested=upstream, requested=provider:model or requested=provider@api:model
+        (api: chat | responses | auto) -> (provider or None, model, api or "")."""
+        out: dict[str, tuple[str | None, str, str]] = {}
         for item in filter(None, (p.strip() for p in text.split(";" if ";" in text else ","))):
             src, sep, dst = item.partition("=")
             if not sep or not src.strip() or not dst.strip():
                 raise ConfigError(f"CLASP_MODEL_ALIASES: expected requested=upstream, got {item!r}")
-            provider, comma, model = dst.strip().partition(":")
-            if comma and provider in PROVIDERS:
-                out[src.strip()] = (provider, model)
+            head, colon, model = dst.strip().partition(":")
+            provider, at, api = head.partition("@")
+            if colon and provider in PROVIDERS:
+                if at and api not in APIS:
+                    raise ConfigError(f"CLASP_MODEL_ALIASES: {item!r}: the API after '@' must be one of "
+                                      f"{', '.join(APIS)}")
+                out[src.strip()] = (provider, model, api)
             else:
-                out[src.strip()] = (None, dst.strip())
+                out[src.strip()] = (None, dst.strip(), "")
         return out
 
     @staticmethod
@@ -217,26 +245,26 @@ class Router:
         provider, comma, explicit = name.partition(",")
         if alias is not None:
             target = self._target_for_provider(alias[0]) if alias[0] else self.primary
-            primary = Route(target, alias[1], tier)
+            primary = _route(target, alias[1], tier, alias[2])
         elif comma and provider in PROVIDERS and explicit:
             if not self.client_chooses:
                 raise ConfigError(CHOICE_OFF)
-            primary = Route(self._target_for_provider(provider), explicit, tier)
+            primary = _route(self._target_for_provider(provider), explicit, tier)
         elif tier and tier in self.tier_targets:
             target = self.tier_targets[tier]
-            primary = Route(target, target.model_for(None, name), tier)
+            primary = _route(target, target.model_for(None, name), tier)
         elif tier or not self.client_chooses or name.lower().startswith(("claude", "anthropic")):
             # Without the client's choice any name gets the configured model, as claude-* do.
-            primary = Route(self.primary, self.primary.model_for(tier, name), tier)
+            primary = _route(self.primary, self.primary.model_for(tier, name), tier)
         else:
             # Users may set ANTHROPIC_MODEL=gpt-4o: other names pass through verbatim,
             # unless the deployment decides (Azure).
             model = self.primary.default_model if self.primary.provider == "azure" else name
-            primary = Route(self.primary, model, tier)
+            primary = _route(self.primary, model, tier)
         routes = [primary]
         for fb in self.fallbacks:
             if fb is not primary.target:
-                routes.append(Route(fb, fb.model_for(tier, primary.model), tier))
+                routes.append(_route(fb, fb.model_for(tier, primary.model), tier))
         return routes
 
     def _target_for_provider(self, provider: str) -> Target:

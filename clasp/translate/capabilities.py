@@ -48,6 +48,10 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Capabilities)}
 
 # o1, o1-mini, o3-mini-2025-01-31, o4-mini ... (not "omni-foo", not "o10x")
 _O_SERIES = re.compile(r"^o(\d)(?:$|[-_.:])")
+# Model families OpenAI serves only through the Responses API: `-openai-api auto` sends them there
+# (README lists them). Codex models (gpt-5-codex, gpt-5.1-codex-max, codex-mini-latest, ...) and
+# the -pro reasoning models (o1-pro, o3-pro, gpt-5-pro, gpt-5.2-pro, ...).
+_RESPONSES_ONLY = re.compile(r"codex|^(?:o\d+|gpt-5(?:\.\d+)?)-pro(?:$|[-_.:])")
 _MISTRAL_FAMILY = ("mistral", "mixtral", "codestral", "devstral", "magistral", "ministral", "pixtral")
 # Published output-token limits of well-known models, longest prefix first. Claude Code asks for
 # 32k-128k output tokens; sending that to gpt-4o (16k) is a 400, so clamp by default
@@ -97,6 +101,18 @@ def _coerce(field: str, value: object) -> object:
         raise ValueError(
             f"capability override 'reasoning_style' must be one of {REASONING_STYLES}, got {value!r}")
     raise ValueError(f"unsupported capability field {field!r}")  # pragma: no cover - all fields handled
+
+
+def responses_only(model: str) -> bool:
+    """True for a model that only exists behind the Responses API."""
+    return bool(_RESPONSES_ONLY.search(_family_name(model or "")))
+
+
+def upstream_api(configured: str, model: str) -> str:
+    """The dialect a request for `model` uses: "chat" or "responses" (`configured` may be "auto")."""
+    if configured in ("chat", "responses"):
+        return configured
+    return "responses" if responses_only(model) else "chat"
 
 
 def capabilities_for(provider: str, model: str, overrides: Mapping[str, object] = {}) -> Capabilities:
