@@ -131,6 +131,7 @@ class Metrics:
         self.tool_calls = 0
         self.latency_sum = 0.0
         self._requests: dict[tuple[str, str, int], int] = {}        # (provider, model, status)
+        self._apis: dict[tuple[str, str], int] = {}                   # (provider, api) -> routed requests
         self._series: dict[tuple[str, str], _Series] = {}            # (provider, model)
         self._models: set[str] = set()                               # model label values in use
         self._cache_results: dict[str, int] = {}                     # "hit"/"miss"/... -> n
@@ -184,8 +185,10 @@ class Metrics:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cache: str | None = None,
+        api: str = "",
     ) -> None:
-        """One finished request. ``status`` is the HTTP status sent to the client (< 400 = success);
+        """One finished request. ``api``: the upstream dialect it was routed to ("chat",
+        "responses"; "" when not routed). ``status`` is the HTTP status sent to the client (< 400 = success);
         ``tool_calls`` the number of tool_use blocks returned; ``cache`` "hit", "miss" or None when the
         request was not cacheable. ``model`` is the requested name of a routed request, or NOT_ROUTED;
         it is cut to MAX_LABEL_CHARS, and names beyond MAX_SERIES distinct ones are counted as OTHER."""
@@ -212,6 +215,9 @@ class Metrics:
                 s = self._series[pm] = _Series()
         k = (provider, model, status)
         self._requests[k] = self._requests.get(k, 0) + 1
+        if api:  # bounded: configured targets x two dialects
+            ka = (provider, api)
+            self._apis[ka] = self._apis.get(ka, 0) + 1
         s.requests += 1
         if streaming:
             self.streaming += 1
@@ -275,6 +281,9 @@ class Metrics:
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
             }
+        apis: dict[str, dict[str, int]] = {}
+        for (provider, api), n in self._apis.items():
+            apis.setdefault(provider, {})[api] = n
         upstream_errors: dict[str, int] = {}
         for (_provider, status), n in self._upstream_errors.items():
             upstream_errors[status] = upstream_errors.get(status, 0) + n
@@ -302,6 +311,7 @@ class Metrics:
             },
             "uptime": go_duration(uptime),
             "tokens": tokens,
+            "apis": apis,
             "upstream_errors": upstream_errors,
             "retries": sum(self._retries.values()),
             "fallbacks": sum(self._fallbacks.values()),
@@ -340,6 +350,11 @@ class Metrics:
         family("clasp_requests_total", "counter", "Requests finished, by provider, model and HTTP status.")
         for (provider, model, status), n in self._requests.items():
             add(f"clasp_requests_total{{{_labels(('provider', 'model', 'status'), (provider, model, status))}}} {n}")
+
+        family("clasp_requests_by_api_total", "counter",
+               "Routed requests by provider and the upstream API dialect they spoke (chat, responses).")
+        for (provider, api), n in self._apis.items():
+            add(f"clasp_requests_by_api_total{{{_labels(('provider', 'api'), (provider, api))}}} {n}")
 
         family("clasp_streaming_requests_total", "counter", "Streaming requests finished.")
         for key, s in self._series.items():

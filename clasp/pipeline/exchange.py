@@ -11,6 +11,7 @@ class Exchange:
     requested_model: str = ""
     upstream_model: str = ""
     provider: str = ""
+    api: str = ""                   # upstream dialect of the route that served it
     stream: bool = False
     status: int = 0
     ttft: float | None = None

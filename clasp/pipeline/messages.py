@@ -99,7 +99,7 @@ class MessagesPipeline:
                                   ("x-clasp-cache", "HIT")], outcome.body)
             return
         route, ctx, caps, upstream, cache_key = outcome
-        ex.provider, ex.upstream_model = route.target.name, route.model
+        ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
         extra_headers.append(("x-clasp-provider", route.target.name))
         if cache_key is not None:
             ex.cache = "MISS"
@@ -119,7 +119,8 @@ class MessagesPipeline:
         self.metrics.record_request(provider=ex.provider or NOT_ROUTED, model=model,
                                     status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
                                     latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
-                                    output_tokens=ex.output_tokens, cache=ex.cache.lower() or None)
+                                    output_tokens=ex.output_tokens, cache=ex.cache.lower() or None,
+                                    api=ex.api)
         if self.access_log is not None:
             self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
                                 upstream_model=ex.upstream_model, provider=ex.provider,
