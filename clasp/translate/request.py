@@ -25,6 +25,7 @@ log = logging.getLogger("clasp")
 __all__ = [
     "RequestContext",
     "translate_request",
+    "validate_request",
     "BILLING_HEADER_PREFIX",
     "INTERRUPTED_RESULT",
     "EMPTY_RESULT",
@@ -148,9 +149,10 @@ def _system_text(content: Any, where: str, strip_billing: bool) -> str:
     return "\n\n".join(texts)
 
 
-def _image_part(source: Any, where: str) -> dict:
-    """image_url part for an Anthropic image source (validated: `where` names it in errors),
-    or a text placeholder."""
+def _image_url(source: Any, where: str) -> str | None:
+    """The URL to send for an Anthropic image source: a data: URL for base64 data, the URL
+    itself for a url source (both validated: `where` names the source in errors); None for
+    sources no upstream can use (Files API ids, unknown types): see _image_omitted."""
     if not isinstance(source, dict):
         raise InvalidRequest(f"{where}: must be an object")
     stype = source.get("type")
@@ -162,13 +164,27 @@ def _image_part(source: Any, where: str) -> dict:
         elif media not in _IMAGE_MEDIA_TYPES:
             raise InvalidRequest(f"{where}.media_type: must be one of {', '.join(_IMAGE_MEDIA_TYPES)}, "
                                  f"got {_shown(media)}")
-        return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
+        return f"data:{media};base64,{source['data']}"
     if stype == "url":
         _check_image_url(source.get("url"), where + ".url")
-        return {"type": "image_url", "image_url": {"url": source["url"]}}
-    if stype == "file":
-        return _text_part(f"[file {source.get('file_id', '')} omitted]")
-    return _text_part("[image omitted: unsupported source]")
+        return source["url"]
+    return None
+
+
+def _image_omitted(source: dict) -> str:
+    """Placeholder text for an image source _image_url returned None for."""
+    if source.get("type") == "file":
+        return f"[file {source.get('file_id', '')} omitted]"
+    return "[image omitted: unsupported source]"
+
+
+def _image_part(source: Any, where: str) -> dict:
+    """image_url part for an Anthropic image source (validated: `where` names it in errors),
+    or a text placeholder."""
+    url = _image_url(source, where)
+    if url is None:
+        return _text_part(_image_omitted(source))
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 def _content_text(content: Any) -> str:
@@ -235,6 +251,24 @@ def _summary_part(block: dict, btype: str) -> dict | None:
         text = _search_result_text(block)
         return _text_part(text) if text else None
     return None    # thinking in user turns, other server-tool results, unknown types
+
+
+def _tool_use_fields(block: dict, where: str) -> tuple[str, str]:
+    """(id, name) of a client tool_use block, validated."""
+    tool_id, name = block.get("id"), block.get("name")
+    if not isinstance(tool_id, str) or not tool_id:
+        raise InvalidRequest(f"{where}.id: must be a non-empty string")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"{where}.name: must be a non-empty string")
+    return tool_id, name
+
+
+def _tool_result_id(block: dict, where: str) -> str:
+    """tool_use_id of a client tool_result block, validated."""
+    raw_id = block.get("tool_use_id")
+    if not isinstance(raw_id, str) or not raw_id:
+        raise InvalidRequest(f"{where}.tool_use_id: must be a non-empty string")
+    return raw_id
 
 
 class _Builder:
@@ -323,11 +357,7 @@ class _Builder:
         self.out.append(message)
 
     def tool_call(self, block: dict, where: str) -> dict:
-        tool_id, name = block.get("id"), block.get("name")
-        if not isinstance(tool_id, str) or not tool_id:
-            raise InvalidRequest(f"{where}.id: must be a non-empty string")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        tool_id, name = _tool_use_fields(block, where)
         up_name = upstream_tool_name(name)
         if up_name != name:
             self.name_map[up_name] = name
@@ -355,9 +385,7 @@ class _Builder:
             pending = set(self.pending)
             answered: set[str] = set()
             for i, block in results:
-                raw_id = block.get("tool_use_id")
-                if not isinstance(raw_id, str) or not raw_id:
-                    raise InvalidRequest(f"{where}.content.{i}.tool_use_id: must be a non-empty string")
+                raw_id = _tool_result_id(block, f"{where}.content.{i}")
                 call_id = upstream_tool_id(raw_id, self.caps.mistral_ids)
                 if call_id not in pending or call_id in answered:
                     continue                     # orphan or duplicate result: upstream would 400
@@ -463,7 +491,8 @@ def _validate_messages(messages: Any) -> None:
                 raise InvalidRequest(f"messages.{i}.content.{j}: must be a content block with a 'type'")
 
 
-def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dict]:
+def _custom_tools(body: dict) -> list[dict]:
+    """The client's custom tools (validated), in order; server tools are left out."""
     tools = body.get("tools")
     if tools is None:
         return []
@@ -480,10 +509,17 @@ def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dic
             raise InvalidRequest(f"tools.{i}.name: must be a non-empty string")
         if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
             raise InvalidRequest(f"tools.{i}.input_schema: must be an object (a JSON schema)")
+        out.append(tool)
+    return out
+
+
+def _tools(body: dict, caps: Capabilities, name_map: dict[str, str]) -> list[dict]:
+    out = []
+    for tool in _custom_tools(body):
         entry = function_tool(tool, caps.gemini_schema)
         up_name = entry["function"]["name"]
-        if up_name != name:
-            name_map[up_name] = name
+        if up_name != tool["name"]:
+            name_map[up_name] = tool["name"]
         out.append(entry)
     return out
 
@@ -601,26 +637,22 @@ def _reasoning(body: dict, caps: Capabilities, out: dict) -> None:
             out["reasoning_effort"] = _DEEPSEEK_EFFORT[effort]
 
 
-def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tuple[dict, RequestContext]:
-    """Chat Completions body for `upstream_model` and the context for translating the reply.
-
-    Raises InvalidRequest (-> 400) for malformed client input. The returned body may share
-    memoized tool entries with other requests: serialize it, do not mutate it."""
+def validate_request(body: Any) -> None:
+    """The checks of the top-level client fields every translator applies first (Chat
+    Completions and Responses alike); raises InvalidRequest naming the field. Content blocks
+    are checked as the translators walk them, through the same helpers."""
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model: must be a non-empty string")
-    messages = body.get("messages")
-    _validate_messages(messages)
+    _validate_messages(body.get("messages"))
 
-    max_tokens = 0
     if "max_tokens" in body:
         raw = body["max_tokens"]
         if not _is_int(raw) or not 1 <= raw <= _MAX_OUTPUT_TOKENS:
             raise InvalidRequest(f"max_tokens: must be an integer from 1 to {_MAX_OUTPUT_TOKENS}, "
                                  f"got {_shown(raw)}")
-        max_tokens = _max_tokens(raw, caps)
 
     stop_raw = body.get("stop_sequences")
     if stop_raw is not None and (not isinstance(stop_raw, list)
@@ -633,6 +665,18 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
         if body.get(key) is not None and not (_is_number(body[key]) and math.isfinite(body[key])):
             raise InvalidRequest(f"{key}: must be a finite number")
     _check_options(body)
+
+
+def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tuple[dict, RequestContext]:
+    """Chat Completions body for `upstream_model` and the context for translating the reply.
+
+    Raises InvalidRequest (-> 400) for malformed client input. The returned body may share
+    memoized tool entries with other requests: serialize it, do not mutate it."""
+    validate_request(body)
+    messages = body["messages"]
+    model = body["model"]
+    max_tokens = _max_tokens(body["max_tokens"], caps) if "max_tokens" in body else 0
+    stop_raw = body.get("stop_sequences")
 
     name_map: dict[str, str] = {}
     builder = _Builder(caps, name_map)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from clasp.translate.names import upstream_tool_name
 
-__all__ = ["sanitize_schema", "function_tool", "encoded_tools", "ALLOWED_FORMATS"]
+__all__ = ["sanitize_schema", "function_tool", "responses_tool", "encoded_tools", "ALLOWED_FORMATS"]
 
 # String formats OpenAI's function schemas accept; others (e.g. "uri") are rejected.
 ALLOWED_FORMATS = frozenset(
@@ -176,7 +176,11 @@ def function_tool(tool: Mapping[str, Any], gemini: bool = False) -> dict:
     if isinstance(description, str):
         function["description"] = description
     function["parameters"] = sanitize_schema(schema, gemini=gemini)
-    entry = {"type": "function", "function": function}
+    return _remember(key, {"type": "function", "function": function})
+
+
+def _remember(key: tuple, entry: dict) -> dict:
+    """Store a converted entry in the memo (and in _SHARED, for encoded_tools); returns it."""
     with _TOOL_CACHE_LOCK:
         old = _TOOL_CACHE.get(key)  # another thread converted the same tool meanwhile
         if old is not None:
@@ -188,6 +192,30 @@ def function_tool(tool: Mapping[str, Any], gemini: bool = False) -> dict:
     return entry
 
 
+def responses_tool(tool: Mapping[str, Any], gemini: bool = False) -> dict:
+    """Responses API function tool for an Anthropic custom tool: the flat
+    {"type": "function", "name", "description", "parameters", "strict": false}, with the same
+    name shortening and sanitized schema as function_tool (whose memoized entry it is built
+    from). `strict` is set because the Responses API defaults it to true, which rejects
+    ordinary schemas (optional properties, no additionalProperties: false). Memoized and
+    shared like function_tool: do not mutate it."""
+    description = tool.get("description")
+    key = ("responses", gemini, tool["name"], description if isinstance(description, str) else None,
+           content_key(tool.get("input_schema")))
+    with _TOOL_CACHE_LOCK:
+        hit = _TOOL_CACHE.get(key)
+        if hit is not None:
+            _TOOL_CACHE.move_to_end(key)
+            return hit
+    function = function_tool(tool, gemini)["function"]
+    entry: dict[str, Any] = {"type": "function", "name": function["name"]}
+    if "description" in function:
+        entry["description"] = function["description"]
+    entry["parameters"] = function["parameters"]   # shared with the chat entry: never mutated
+    entry["strict"] = False
+    return _remember(key, entry)
+
+
 # id -> entry for every entry in _TOOL_CACHE (the map holds the entry, so an id found here
 # belongs to that very object); and the compact JSON of recent tool lists made of such entries.
 _SHARED: dict[int, dict] = {}
@@ -196,9 +224,9 @@ _LISTS_MAX = 32
 
 
 def encoded_tools(tools: list) -> bytes | None:
-    """The compact UTF-8 JSON of a tools list built from `function_tool` entries, exactly as
-    ``json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode()`` would make it,
-    or None when an entry is not one of the shared, memoized ones.
+    """The compact UTF-8 JSON of a tools list built from `function_tool` (or `responses_tool`)
+    entries, exactly as ``json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode()``
+    would make it, or None when an entry is not one of the shared, memoized ones.
 
     Claude Code sends the same tools on every turn, so the same entry objects come back in the
     same order: their ~30 KB of JSON is serialized once, and the bytes object is shared by every
