@@ -1,9 +1,12 @@
-"""What the Responses API request and response translators share (issue 13).
+"""Helpers shared by the Responses API translators (responses_request / responses_response /
+responses_stream).
 
-The reasoning round trip: an upstream `reasoning` output item (id + encrypted_content) travels
-to the client as the `signature` of a thinking block, and comes back in a later request as a
-`reasoning` input item. The signature is recognisably clasp's ("clasp.r1." prefix), so a real
-Anthropic signature in the history is never mistaken for one. Pure, standard library only.
+The reasoning round trip: a Responses `reasoning` output item (id + encrypted_content) is handed
+to the client as a `thinking` block whose signature carries both values; when the client sends
+that block back in a later request it becomes a `reasoning` input item again. The signature is
+recognisably clasp's ("clasp.r1." prefix) so real Anthropic signatures in the same history are
+told apart and dropped. Encode and decode live here only, so both directions agree.
+Pure functions, standard library only.
 """
 from __future__ import annotations
 
@@ -17,25 +20,27 @@ REASONING_SIGNATURE_PREFIX = "clasp.r1."
 
 
 def encode_reasoning_signature(item_id: str, encrypted: str) -> str:
-    """`"clasp.r1." + base64url(json {"id": item_id, "enc": encrypted})`."""
-    payload = json.dumps({"id": item_id, "enc": encrypted}, separators=(",", ":")).encode("ascii")
-    return REASONING_SIGNATURE_PREFIX + base64.urlsafe_b64encode(payload).decode("ascii")
+    """The thinking-block signature for a Responses reasoning item:
+    "clasp.r1." + base64url(JSON {"id": item_id, "enc": encrypted}), unpadded."""
+    payload = json.dumps({"id": item_id, "enc": encrypted}, separators=(",", ":"), ensure_ascii=True)
+    return REASONING_SIGNATURE_PREFIX + base64.urlsafe_b64encode(payload.encode("ascii")).rstrip(b"=").decode("ascii")
 
 
 def decode_reasoning_signature(sig: object) -> tuple[str, str] | None:
-    """(item_id, encrypted_content) of a signature encode_reasoning_signature made; None for
-    anything else (a real Anthropic signature, "", damaged text)."""
+    """(item_id, encrypted_content) from a signature made by encode_reasoning_signature, or None
+    for anything else (another issuer's signature, a damaged or hostile value). Never raises."""
     if not isinstance(sig, str) or not sig.startswith(REASONING_SIGNATURE_PREFIX):
         return None
     data = sig[len(REASONING_SIGNATURE_PREFIX):]
-    data += "=" * (-len(data) % 4)  # accept it with or without padding
     try:
-        obj = json.loads(base64.b64decode(data, altchars=b"-_", validate=True))
-    except (binascii.Error, ValueError, RecursionError):
+        raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        obj = json.loads(raw.decode("ascii"))
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
-    item_id, enc = obj.get("id"), obj.get("enc")
-    if isinstance(item_id, str) and item_id and isinstance(enc, str) and enc:
-        return item_id, enc
-    return None
+    item_id = obj.get("id")
+    encrypted = obj.get("enc")
+    if not isinstance(item_id, str) or not isinstance(encrypted, str) or not encrypted:
+        return None
+    return item_id, encrypted
