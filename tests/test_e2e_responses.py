@@ -120,7 +120,7 @@ def test_streamed_reasoning_and_tool_call(proxy, upstream):
 
 
 def test_reasoning_goes_back_before_the_calls_of_its_turn(proxy, upstream):
-    upstream.script = lambda seen: tool_turn_stream()
+    upstream.script = lambda seen: json_reply(response(REASONING, CALL))
     _, _, first = proxy.post({**ASK, "thinking": {"type": "enabled", "budget_tokens": 2048}})
     assert [b["type"] for b in first["content"]] == ["thinking", "tool_use"]
     upstream.script = lambda seen: json_reply(response(MESSAGE))
