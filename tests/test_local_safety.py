@@ -325,3 +325,12 @@ def test_claude_code_headers_pass_the_checks(lt, upstream, proxies):
     assert RequestGuard("127.0.0.1").check("POST", {k.lower(): v for k, v in headers.items()}) is None
     status, _, body = p.post(HELLO, path="/v1/messages?beta=true", headers=headers)
     assert status == 200, body
+
+
+def test_count_tokens_answers_provider_choice_like_messages(lt, upstream, proxies):
+    p = start(proxies, lt, upstream, "-auth", "-auth-api-key", "k-123", OPENAI_API_KEY="sk-test")
+    body = {"model": "openai,gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    key = {"x-api-key": "k-123"}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        status, _, raw = p.request("POST", path, {**body, "max_tokens": 5}, headers=key)
+        assert status == 400 and "CLASP_CLIENT_MODEL_CHOICE" in error_of(raw)["message"], path

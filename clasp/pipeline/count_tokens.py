@@ -8,12 +8,8 @@ from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.wire import JSON_HEADER, invalid, json_bytes, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
-from clasp.translate.capabilities import Capabilities
 from clasp.translate.errors import InvalidRequest, ProxyError
 from clasp.translate.request import translate_request
-from clasp.upstream.servers import UNKNOWN
-
-_NEUTRAL_CAPS = Capabilities()  # no route: validation and the estimate do not depend on an upstream
 
 
 class CountTokens:
@@ -49,13 +45,12 @@ class CountTokens:
         both), then counted by the upstream when it can, else estimated."""
         try:
             route = self.router.resolve(body["model"])[0]
-        except ConfigError:
-            route = None  # a provider,model naming a provider without credentials: estimate
+        except ConfigError as e:  # the same answer as /v1/messages (choice off, no credentials)
+            raise InvalidRequest(f"model {body['model']!r} is not available: {e}") from None
         servers = self.chain.servers
-        server = await servers.info(route.target) if route is not None else UNKNOWN
-        caps = self.chain.caps_for(route, server) if route is not None else _NEUTRAL_CAPS
-        upstream_body, ctx = translate_request(body, route.model if route else body["model"], caps)
+        server = await servers.info(route.target)
+        upstream_body, ctx = translate_request(body, route.model, self.chain.caps_for(route, server))
         exact = None
-        if route is not None and server.counts_tokens:
+        if server.counts_tokens:
             exact = await servers.count_tokens(route.target, server, upstream_body)
         return ctx.estimated_input_tokens if exact is None else exact
