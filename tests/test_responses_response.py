@@ -296,3 +296,12 @@ def test_signature_round_trip_and_shape() -> None:
 ])
 def test_decode_rejects_anything_not_clasps(sig: object) -> None:
     assert decode_reasoning_signature(sig) is None
+
+
+def test_completed_at_exactly_the_limit_sent_is_max_tokens():
+    """llama.cpp's /v1/responses reports "completed" when max_output_tokens cut the answer."""
+    from clasp.translate.responses_response import responses_stop_reason
+    assert responses_stop_reason("completed", None, False, None, 40, 40) == ("max_tokens", None)
+    assert responses_stop_reason("completed", None, False, None, 39, 40) == ("end_turn", None)
+    assert responses_stop_reason("completed", None, True, None, 40, 40) == ("tool_use", None)
+    assert responses_stop_reason("completed", None, False, None, None, 40) == ("end_turn", None)

@@ -164,6 +164,11 @@ def responses_stop_reason(
             return stop_reason_for("length", has_tool_use, None, [], output_tokens, max_tokens)
         if incomplete_reason == "content_filter":
             return "refusal", None
+    if not has_tool_use and max_tokens and output_tokens is not None and output_tokens >= max_tokens:
+        # "completed" at exactly the limit sent: llama.cpp's /v1/responses says so when
+        # max_output_tokens cut the answer; ending there by chance is rare and only costs a
+        # continuation, a cut answer taken as complete would lose the rest
+        return "max_tokens", None
     return ("tool_use" if has_tool_use else "end_turn"), None
 
 

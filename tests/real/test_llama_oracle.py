@@ -16,6 +16,12 @@ Differences kept on purpose (each has its own test below):
   clasp answers stop_sequence null (its own endpoint says end_turn with stop_sequence set; both
   say end_turn, and the text is cut at the same place);
 - errors: llama-server answers its own error shape; clasp answers Anthropic's.
+
+The same cases also go through clasp's Responses dialect (-openai-api responses, llama-server's
+/v1/responses). There llama-server reports "completed" when max_output_tokens cut the answer;
+clasp reads output_tokens == the limit sent as max_tokens, so the oracle agrees there too. Stop
+sequences are cut by clasp itself on that dialect (the Responses API has none), so that case is
+not compared.
 """
 
 from __future__ import annotations
@@ -274,3 +280,38 @@ def test_the_local_estimate_is_close_to_the_real_count_on_claude_code_requests(n
     status, exact = post(clasp, "/v1/messages/count_tokens", count_body)
     assert status == 200
     assert abs(estimate_tokens(count_body) / exact["input_tokens"] - 1) < 0.05
+
+
+# ------------------------------------------------------------------------------ the Responses dialect
+
+@pytest.fixture(scope="module")
+def clasp_responses(llama):
+    """clasp speaking the Responses API to llama-server (/v1/responses)."""
+    proc, port = spawn_clasp(["-provider", "custom", "-model", "smollm", "-openai-api", "responses"],
+                             {"CUSTOM_BASE_URL": llama.base + "/v1"})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("name", ["text", "system", "multi_turn", "max_tokens", "tools", "tool_choice_any"])
+def test_the_responses_dialect_agrees_with_llama_server_own_messages_endpoint(name, stream, clasp_responses, llama):
+    body = CASES[name]
+    ours = post_stream(clasp_responses, body)[1] if stream else post(clasp_responses, "/v1/messages", body)[1]
+    _, theirs = post(llama.base, "/v1/messages", body)
+    assert essence(ours) == essence(theirs)
+    assert MSG_ID.fullmatch(ours["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_tool_through_the_responses_dialect(stream, clasp_responses, llama):
+    before = llama.log_text().count("Wrong type supplied for parameter 'tool_choice'")
+    body = ask(max_tokens=60, tools=TOOLS, tool_choice={"type": "tool", "name": "get_time"}, messages=FEW_SHOT)
+    message = post_stream(clasp_responses, body)[1] if stream else post(clasp_responses, "/v1/messages", body)[1]
+    assert [(b["type"], b["name"]) for b in message["content"]] == [("tool_use", "get_time")]
+    assert llama.log_text().count("Wrong type supplied for parameter 'tool_choice'") == before
