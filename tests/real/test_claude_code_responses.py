@@ -19,6 +19,7 @@ def _answer(seen) -> Reply:
     results = [i for i in body.get("input", []) if i.get("type") == "function_call_output"]
     r = Recorder()
     if not results:
+        r.reasoning("rs_1", [["Plan: write the file ", "with echo."]], enc="gAAAAB-encrypted-reasoning-1")
         r.function_call("fc_1", "call_bash_1", "Bash", ['{"command":"echo hello > ', 'out.txt && cat out.txt"}'])
         r.completed(usage(1500, 30, cached=1024))
     else:
@@ -40,8 +41,8 @@ def responses_upstream():
 
 def test_claude_code_runs_a_tool_through_the_responses_api(responses_upstream, claude_bin, claude_home):
     home, work = claude_home
-    clasp, port = spawn_clasp(["-provider", "custom", "-model", "gpt-5.1-codex"],  # auto: Responses
-                              {"CUSTOM_BASE_URL": responses_upstream.url})
+    clasp, port = spawn_clasp(["-provider", "openai", "-model", "gpt-5.1-codex"],  # auto: Responses
+                              {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": responses_upstream.url})
     try:
         proc, result = run_claude(claude_bin, "Create out.txt containing hello.", claude_env(
             home, f"http://127.0.0.1:{port}"), work, timeout=120)
@@ -60,6 +61,12 @@ def test_claude_code_runs_a_tool_through_the_responses_api(responses_upstream, c
     outputs = [i for i in second["input"] if i.get("type") == "function_call_output"]
     calls = [i for i in second["input"] if i.get("type") == "function_call"]
     assert [c["call_id"] for c in calls] == [o["call_id"] for o in outputs] == ["call_bash_1"], context
+    # the model's reasoning came back through Claude Code's history, before the call of its turn
+    kinds = [i.get("type") for i in second["input"]]
+    reasoning = [i for i in second["input"] if i.get("type") == "reasoning"]
+    assert [r["encrypted_content"] for r in reasoning] == ["gAAAAB-encrypted-reasoning-1"], context
+    assert kinds.index("reasoning") < kinds.index("function_call"), context
+    assert second["store"] is False and "reasoning.encrypted_content" in second.get("include", []), context
     assert "hello" in json.dumps(outputs[0]["output"]), context
     assert all(t == "/v1/responses" for t, _ in seen), context
     # Claude Code sums its requests: (1500-1024)+(1600-1500) input, 1024+1500 cached, 30+6 output
