@@ -140,3 +140,17 @@ def test_a_server_of_another_kind_is_asked_once_not_per_request(lt, upstream, pr
     for _ in range(3):
         assert p.post(FORCED)[0] == 200
     assert [s.target for s in upstream.probes] == ["/props", "/version"]
+
+
+def test_a_server_still_starting_is_asked_again_later(lt, upstream, proxies, monkeypatch):
+    import clasp.upstream.servers as servers
+    monkeypatch.setattr(servers, "RETRY_PROBE_AFTER_S", 0.0)
+    loading = {"on": True}
+    upstream.probe_script = lambda seen: (json_reply({"error": {"message": "Loading model"}}, 503) if loading["on"]
+                                          else json_reply(LLAMA_PROPS, headers=[("server", "llama.cpp")]))
+    p = start(proxies, lt, upstream)
+    assert p.post(FORCED)[0] == 200
+    assert upstream.requests[-1].json()["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    loading["on"] = False  # the model is loaded: the next request asks again and adapts
+    assert p.post(FORCED)[0] == 200
+    assert upstream.requests[-1].json()["tool_choice"] == "required"

@@ -135,6 +135,8 @@ class ServerRegistry:
                 status, headers, body = await self._get(target, root + path)
             except (UpstreamError, asyncio.TimeoutError, OSError):
                 continue
+            if status >= 500:
+                continue  # e.g. llama-server still loading its model (503): ask again later
             reached = True
             info = identify(status, headers, body)
             if info is not None:
