@@ -282,3 +282,40 @@ def test_vllm_reports_its_context_through_models(lt, env, capsys):
     assert code == 0
     assert "vLLM" in lines(out)["server kind"], out
     assert lines(out)["context window"].startswith("  WARN") and "4096 tokens" in out
+
+
+def test_a_responses_dialect_route_is_checked_over_v1_responses(lt, env, capsys):
+    def script(seen):
+        if seen.method == "GET" and seen.target.endswith("/models"):
+            return json_reply({"data": [{"id": "m1"}]})
+        if not seen.target.endswith("/v1/responses"):
+            return json_reply({"error": {"message": "wrong endpoint"}}, 404)
+        body = seen.json()
+        if body.get("stream"):
+            return sse_reply(["event: response.completed\ndata: {\"type\": \"response.completed\"}\n\n"],
+                             done=False)
+        item = ({"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"}
+                if body.get("tools") else {"type": "message", "role": "assistant",
+                                           "content": [{"type": "output_text", "text": "OK"}]})
+        return json_reply({"id": "r1", "object": "response", "status": "completed", "output": [item]})
+    up = FakeUpstream(lt, script)
+    try:
+        env.setenv("CUSTOM_BASE_URL", up.url)
+        code, out = doctor(capsys, "-openai-api", "responses")
+    finally:
+        up.close()
+    assert code == 0, out
+    assert "(responses dialect)" in out and "/v1/responses" in out
+    assert set(re.findall(r"^  (OK|WARN|FAIL|SKIP) ", out, re.M)) == {"OK"}, out
+
+
+def test_no_model_configured_is_a_warning_with_the_setting(lt, env, capsys):
+    up = FakeUpstream(lt, working)
+    try:
+        env.setenv("CUSTOM_BASE_URL", up.url)
+        code = cli.main(["doctor", "-provider", "custom"])
+        out = capsys.readouterr().out
+    finally:
+        up.close()
+    assert code == 0, out
+    assert lines(out)["sonnet"].startswith("  WARN") and "fix: set -model / CLASP_MODEL" in out, out

@@ -218,16 +218,24 @@ class Doctor:
         try:
             lines, routes = self.routes()
             for label, route in lines:
-                self.add("", "configuration", label, OK,
-                         f"-> {route.target.name}: model {route.model or '(as requested)'} at "
-                         f"{shown_url(route.url, self.secrets)} ({route.api} dialect)")
+                unset = route.model.startswith("claude-")  # no model configured: the name passes through
+                self.add("", "configuration", label, WARN if unset else OK,
+                         f"-> {route.target.name}: model {route.model} at "
+                         f"{shown_url(route.url, self.secrets)} ({route.api} dialect)"
+                         + (": no model configured, Claude Code's model names are sent as they are" if unset else ""),
+                         f"set -model / CLASP_MODEL (or CLASP_MODEL_{label.split()[0].upper()})" if unset else "")
             done: dict[str, bool] = {}
             for route, primary in sorted(routes, key=lambda r: not r[1]):  # primary routes first
                 name = route.target.name
-                if name not in done:
-                    done[name] = await self.check_target(route.target, primary)
-                if done[name]:
-                    await self.check_model(route, primary)
+                try:
+                    if name not in done:
+                        done[name] = await self.check_target(route.target, primary)
+                    if done[name]:
+                        await self.check_model(route, primary)
+                except Exception as e:  # a check must not hide the rest of the report
+                    done[name] = False
+                    self.add(name, "model", "check", FAIL, f"unexpected error: {type(e).__name__}: {e}",
+                             "report this to clasp with the output above", primary=primary)
         finally:
             await self.client.close()
         return self.report
