@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -164,6 +165,30 @@ def _error_message(raw: bytes) -> str:
     return str(data)
 
 
+async def _resolve(host: str, port: int) -> list:
+    """socket.getaddrinfo in a daemon thread: a resolver that hangs past the check's timeout must
+    not hold the process at exit either (asyncio.run waits for its default executor's threads)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(error) if error is not None else done.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), None
+        except OSError as e:
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits any more
+
+    threading.Thread(target=work, name="clasp-doctor-dns", daemon=True).start()
+    return await done
+
+
 class _CountingClient(UpstreamClient):
     """The upstream client, counting the requests sent (each check says how many it sent)."""
 
@@ -268,11 +293,9 @@ class Doctor:
         else:
             self.add(name, "network", "proxy", OK, f"none ({proxy_var} not set): direct connection")
         dial_host, dial_port = via or (host, port)
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(dial_host, dial_port, type=socket.SOCK_STREAM), self.net_timeout)
-            addrs = sorted({i[4][0] for i in infos})
+            infos = await asyncio.wait_for(_resolve(dial_host, dial_port), self.net_timeout)
+            addrs = list(dict.fromkeys(i[4][0] for i in infos))
             self.add(name, "network", "dns", OK, f"{dial_host} resolves to {', '.join(addrs[:4])}")
         except (OSError, asyncio.TimeoutError) as e:
             why = "timed out" if isinstance(e, asyncio.TimeoutError) else (getattr(e, "strerror", "") or str(e))
@@ -281,7 +304,8 @@ class Doctor:
                      + " and the machine's DNS", primary=primary)
             return False
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(dial_host, dial_port), self.net_timeout)
+            # the address just resolved: a stuck resolver is not asked twice
+            _, writer = await asyncio.wait_for(asyncio.open_connection(addrs[0], dial_port), self.net_timeout)
             writer.transport.abort()
             self.add(name, "network", "tcp", OK, f"connected to {dial_host}:{dial_port}"
                      + (" (the proxy)" if via else ""))
