@@ -319,3 +319,9 @@ def test_no_model_configured_is_a_warning_with_the_setting(lt, env, capsys):
         up.close()
     assert code == 0, out
     assert lines(out)["sonnet"].startswith("  WARN") and "fix: set -model / CLASP_MODEL" in out, out
+
+
+def test_a_bad_model_flag_is_a_configuration_error_as_for_the_server(env, capsys):
+    env.setenv("CUSTOM_BASE_URL", "http://127.0.0.1:9/v1")
+    code, out = doctor(capsys, "-model-flags", "no_such_flag")
+    assert code == 2 and "CLASP_MODEL_FLAGS" in out and "no_such_flag" in out

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from clasp.config import TIERS, Config, parse_model_flags
+from clasp.config import TIERS, Config, ConfigError, parse_model_flags
 from clasp.redaction import redact
 from clasp.routing.providers import KEY_ENV, Route, Router, Target
 from clasp.translate.capabilities import Capabilities, capabilities_for
@@ -211,6 +211,10 @@ class Doctor:
         self.request_timeout = request_timeout
         self.router = Router(cfg)
         self.model_flags = parse_model_flags(cfg.model_flags)
+        try:  # the server refuses to start on a bad flag: so does the doctor (exit 2)
+            capabilities_for(self.router.primary.provider, self.router.primary.default_model, self.model_flags)
+        except ValueError as e:
+            raise ConfigError(f"CLASP_MODEL_FLAGS: {e}") from None
         self.client = _CountingClient(connect_timeout=net_timeout, read_timeout=request_timeout, pool_size=4,
                                      env=env)
         self.servers = ServerRegistry(self.client, enabled=cfg.probe_upstream)
