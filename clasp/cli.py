@@ -1,4 +1,4 @@
-"""Command line: ``python -m clasp [flags]``, ``clasp claude ...``, ``clasp healthcheck``."""
+"""Command line: ``python -m clasp [flags]``, ``clasp claude ...``, ``clasp doctor``, ``clasp healthcheck``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_claude(args[1:])
     if args and args[0] == "healthcheck":
         return healthcheck(args[1:])
+    if args and args[0] == "doctor":
+        return doctor(args[1:])
     if any(a in ("-h", "-help", "--help") for a in args):
         print(usage_text())
         return 0
@@ -80,3 +82,36 @@ def healthcheck(args: Sequence[str]) -> int:
         print(f"clasp healthcheck: /health answered {status}", file=sys.stderr)
         return 1
     return 0
+
+
+DOCTOR_USAGE = """usage: python -m clasp doctor [--json] [clasp flags]
+
+Checks what this configuration will do, target by target (each Claude tier, fallbacks):
+network (DNS, TCP, TLS, proxy), the key (GET /models), the model (a 1-token completion,
+streaming, a forced tool call, reasoning, context window) and the server kind. Flags,
+environment and config file are read as the proxy reads them. Prints a verdict per line
+and the fix for each failure; exits 0 if the primary path works, 1 if not, 2 for a
+configuration error. --json prints the same report as JSON."""
+
+
+def doctor(args: Sequence[str]) -> int:
+    """`python -m clasp doctor [--json] [clasp flags]`: check the configured upstreams."""
+    import asyncio
+
+    from clasp.ops.doctor import Doctor, Report, render
+
+    if any(a in ("-h", "-help", "--help") for a in args):
+        print(DOCTOR_USAGE)
+        return 0
+    as_json = any(a in ("--json", "-json") for a in args)
+    args = [a for a in args if a not in ("--json", "-json")]
+    try:
+        cfg, _ = load_config(args)
+        checker = Doctor(cfg, os.environ)
+    except (ConfigError, ValueError) as e:
+        report = Report(config_error=str(e))
+        print(render(report, [], as_json), end="", file=sys.stdout if as_json else sys.stderr)
+        return report.exit_code
+    report = asyncio.run(checker.run())
+    print(render(report, cfg.secrets(), as_json), end="")
+    return report.exit_code

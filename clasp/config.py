@@ -555,6 +555,7 @@ def usage_text() -> str:
     """The -help text: every flag and environment variable."""
     lines = ["usage: python -m clasp [flags]            run the proxy",
              "       python -m clasp claude [args...]   run Claude Code through a private proxy",
+             "       python -m clasp doctor [--json] [flags]  check the configured upstreams (exit 0: primary works)",
              "       python -m clasp healthcheck        exit 0 if the proxy on CLASP_PORT is healthy",
              "",
              "Flags may be written -name value, --name value or -name=value. Precedence:",
