@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
+from clasp import PROJECT_URL
+
 
 class ConfigError(Exception):
     """A configuration problem the user must fix; reported without a traceback, exit code 2."""
@@ -87,8 +89,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("openrouter_api_key", str, "", "OPENROUTER_API_KEY", None, "OpenRouter API key", secret=True),
     _s("openrouter_base_url", str, "https://openrouter.ai/api/v1", "OPENROUTER_BASE_URL", None,
        "OpenRouter base URL"),
-    _s("openrouter_referer", str, "", "OPENROUTER_HTTP_REFERER", None, "HTTP-Referer sent to OpenRouter"),
-    _s("openrouter_title", str, "", "OPENROUTER_X_TITLE", None, "X-Title sent to OpenRouter"),
+    _s("openrouter_referer", str, PROJECT_URL, "OPENROUTER_HTTP_REFERER", None,
+       "HTTP-Referer sent to OpenRouter (its app attribution)"),
+    _s("openrouter_title", str, "clasp", "OPENROUTER_X_TITLE", None,
+       "X-Title sent to OpenRouter"),
     _s("custom_base_url", str, "", "CUSTOM_BASE_URL", None, "base URL of a custom OpenAI-compatible server"),
     _s("custom_api_key", str, "", "CUSTOM_API_KEY", None, "API key for the custom server", secret=True),
     # upstream client
@@ -230,8 +234,8 @@ class Config:
     azure_api_version: str = "2024-02-15-preview"
     openrouter_api_key: str = ""
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
-    openrouter_referer: str = ""
-    openrouter_title: str = ""
+    openrouter_referer: str = PROJECT_URL
+    openrouter_title: str = "clasp"
     custom_base_url: str = ""
     custom_api_key: str = ""
     connect_timeout: float = 10.0
