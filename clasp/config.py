@@ -178,6 +178,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("debug_responses", bool, False, "CLASP_DEBUG_RESPONSES", "debug-responses", "log responses only"),
     _s("log_format", str, "text", "CLASP_LOG_FORMAT", "log-format", "access log format: text or json"),
     _s("access_log", bool, True, "CLASP_ACCESS_LOG", "access-log", "write one access line per request"),
+    # clasp claude
+    _s("statusline", bool, True, "CLASP_STATUSLINE", "statusline",
+       "clasp claude: show the proxy's provider, model, tokens and state in Claude Code's status line"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -294,6 +297,7 @@ class Config:
     debug_responses: bool = False
     log_format: str = "text"
     access_log: bool = True
+    statusline: bool = True
     config_file: str = ""
     sources: tuple = field(default=(), compare=False)  # (name, origin) for settings not at default
 
@@ -401,6 +405,11 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, bool]]:
             actions["config"] = inline
             continue
         setting = _BY_FLAG.get(name)
+        if setting is None and name.startswith("no-") and not eq:
+            negated = _BY_FLAG.get(name[3:])  # -no-statusline is -statusline=false, for any bool flag
+            if negated is not None and negated.kind is bool:
+                values[negated.name] = False
+                continue
         if setting is None:
             raise ConfigError(f"unknown flag -{name} (see -help)")
         if setting.kind is bool:
@@ -413,6 +422,38 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, bool]]:
             i += 1
         values[setting.name] = _convert(setting, inline, f"flag -{name}")
     return values, actions
+
+
+COMMANDS = ("claude",)  # words that end clasp's flags and start a command's own arguments
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """Split `[clasp flags] [--] COMMAND [its args]` into (clasp flags, COMMAND, its args).
+
+    The flags are walked as parse_flags reads them, so a flag's value is never taken for the
+    command (`-model claude claude -p hi` runs claude with the model "claude"). The first
+    argument in a flag's place that is a command word ends clasp's flags; so does `--`, which must
+    then be followed by the command. Without a command word the result is (argv, None, [])."""
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in COMMANDS:
+            return args[:i], arg, args[i + 1:]
+        if arg == "--":
+            if i + 1 < len(args) and args[i + 1] in COMMANDS:
+                return args[:i], args[i + 1], args[i + 2:]
+            raise ConfigError(f"-- ends clasp's flags and must be followed by {' or '.join(COMMANDS)}")
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            continue  # parse_flags reports it
+        name, eq, _ = arg.lstrip("-").partition("=")
+        if eq:
+            continue
+        setting = _BY_FLAG.get(name)
+        if name == "config" or (setting is not None and setting.kind is not bool):
+            i += 1  # its value, whatever it says
+    return args, None, []
 
 
 # ---------------------------------------------------------------- config file
@@ -557,12 +598,15 @@ def validate(cfg: Config) -> None:
 
 def usage_text() -> str:
     """The -help text: every flag and environment variable."""
-    lines = ["usage: python -m clasp [flags]            run the proxy",
-             "       python -m clasp claude [args...]   run Claude Code through a private proxy",
-             "       python -m clasp healthcheck        exit 0 if the proxy on CLASP_PORT is healthy",
+    lines = ["usage: python -m clasp [flags]                    run the proxy",
+             "       python -m clasp [flags] claude [args...]   run Claude Code through a private proxy",
+             "       python -m clasp healthcheck                exit 0 if the proxy on CLASP_PORT is healthy",
              "",
-             "Flags may be written -name value, --name value or -name=value. Precedence:",
-             "flags > environment > config file > defaults.", "",
+             "Flags may be written -name value, --name value or -name=value; a bool flag -name",
+             "is also -name=true, and -no-name is -name=false. Precedence:",
+             "flags > environment > config file > defaults.",
+             "With claude, the flags before the word `claude` (or before `-- claude`) configure the",
+             "private proxy; every argument after it goes to Claude Code unchanged.", "",
              "  -config FILE                 config file (env CLASP_CONFIG_FILE)",
              "  -version                     print the version",
              "  -help                        this text", ""]
