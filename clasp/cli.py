@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(a in ("-h", "-help", "--help") for a in args):
             print(usage_text())
             return 0
+        if any(a in ("-v", "-version", "--version") for a in args):
+            print(version_line())
+            return 0
         from clasp.launcher import run_claude
         return run_claude(rest, flags=args)
     if any(a in ("-h", "-help", "--help") for a in args):

@@ -297,11 +297,14 @@ def test_bad_clasp_flags_before_claude_exit_2_before_claude_runs(tmp_path, fake_
     assert not (tmp_path / "report.json").exists()
 
 
-def test_help_before_claude_prints_both_forms(tmp_path, fake_claude, upstream):
+def test_help_and_version_before_claude(tmp_path, fake_claude, upstream):
     env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
     proc = run_launcher(["-help", "claude", "-p", "hi"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
     assert proc.returncode == 0
     assert "python -m clasp [flags] claude [args...]" in proc.stdout and "-no-name" in proc.stdout
+    assert not (tmp_path / "report.json").exists()
+    proc = run_launcher(["-version", "claude"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 0 and proc.stdout.startswith("clasp ")
     assert not (tmp_path / "report.json").exists()
 
 
