@@ -1,4 +1,5 @@
-"""Command line: ``python -m clasp [flags]``, ``clasp claude ...``, ``clasp doctor``, ``clasp healthcheck``."""
+"""Command line: ``python -m clasp [flags]``, ``clasp [flags] claude ...``, ``clasp doctor``,
+``clasp healthcheck``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from typing import Sequence
 
 from clasp import __version__
-from clasp.config import ConfigError, load_config, usage_text
+from clasp.config import ConfigError, load_config, split_command, usage_text
 from clasp.routing.providers import may_use_tls
 from clasp.server.run import import_asyncio, run_workers, serve, setup_logging
 
@@ -19,13 +20,27 @@ def version_line() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "claude":
-        from clasp.launcher import run_claude
-        return run_claude(args[1:])
     if args and args[0] == "healthcheck":
         return healthcheck(args[1:])
     if args and args[0] == "doctor":
         return doctor(args[1:])
+    if args and args[0] == "statusline":  # run by Claude Code (see clasp.statusline)
+        from clasp.statusline import main as statusline
+        return statusline(args[1:])
+    try:
+        args, command, rest = split_command(args)
+    except ConfigError as e:
+        print(f"clasp: error: {e}", file=sys.stderr)
+        return 2
+    if command == "claude":
+        if any(a in ("-h", "-help", "--help") for a in args):
+            print(usage_text())
+            return 0
+        if any(a in ("-v", "-version", "--version") for a in args):
+            print(version_line())
+            return 0
+        from clasp.launcher import run_claude
+        return run_claude(rest, flags=args)
     if any(a in ("-h", "-help", "--help") for a in args):
         print(usage_text())
         return 0

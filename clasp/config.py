@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
+
 class ConfigError(Exception):
     """A configuration problem the user must fix; reported without a traceback, exit code 2."""
 
@@ -87,8 +88,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("openrouter_api_key", str, "", "OPENROUTER_API_KEY", None, "OpenRouter API key", secret=True),
     _s("openrouter_base_url", str, "https://openrouter.ai/api/v1", "OPENROUTER_BASE_URL", None,
        "OpenRouter base URL"),
-    _s("openrouter_referer", str, "", "OPENROUTER_HTTP_REFERER", None, "HTTP-Referer sent to OpenRouter"),
-    _s("openrouter_title", str, "", "OPENROUTER_X_TITLE", None, "X-Title sent to OpenRouter"),
+    _s("openrouter_referer", str, "", "OPENROUTER_HTTP_REFERER", None,
+       "HTTP-Referer sent to OpenRouter (its app attribution: your app's URL)"),
+    _s("openrouter_title", str, "clasp", "OPENROUTER_X_TITLE", None,
+       "X-Title sent to OpenRouter"),
     _s("custom_base_url", str, "", "CUSTOM_BASE_URL", None, "base URL of a custom OpenAI-compatible server"),
     _s("custom_api_key", str, "", "CUSTOM_API_KEY", None, "API key for the custom server", secret=True),
     # upstream client
@@ -174,6 +177,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("debug_responses", bool, False, "CLASP_DEBUG_RESPONSES", "debug-responses", "log responses only"),
     _s("log_format", str, "text", "CLASP_LOG_FORMAT", "log-format", "access log format: text or json"),
     _s("access_log", bool, True, "CLASP_ACCESS_LOG", "access-log", "write one access line per request"),
+    # clasp claude
+    _s("statusline", bool, True, "CLASP_STATUSLINE", "statusline",
+       "clasp claude: show the proxy's provider, model, tokens and state in Claude Code's status line"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -231,7 +237,7 @@ class Config:
     openrouter_api_key: str = ""
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     openrouter_referer: str = ""
-    openrouter_title: str = ""
+    openrouter_title: str = "clasp"
     custom_base_url: str = ""
     custom_api_key: str = ""
     connect_timeout: float = 10.0
@@ -290,6 +296,7 @@ class Config:
     debug_responses: bool = False
     log_format: str = "text"
     access_log: bool = True
+    statusline: bool = True
     config_file: str = ""
     sources: tuple = field(default=(), compare=False)  # (name, origin) for settings not at default
 
@@ -397,6 +404,11 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, bool]]:
             actions["config"] = inline
             continue
         setting = _BY_FLAG.get(name)
+        if setting is None and name.startswith("no-") and not eq:
+            negated = _BY_FLAG.get(name[3:])  # -no-statusline is -statusline=false, for any bool flag
+            if negated is not None and negated.kind is bool:
+                values[negated.name] = False
+                continue
         if setting is None:
             raise ConfigError(f"unknown flag -{name} (see -help)")
         if setting.kind is bool:
@@ -409,6 +421,38 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, bool]]:
             i += 1
         values[setting.name] = _convert(setting, inline, f"flag -{name}")
     return values, actions
+
+
+COMMANDS = ("claude",)  # words that end clasp's flags and start a command's own arguments
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """Split `[clasp flags] [--] COMMAND [its args]` into (clasp flags, COMMAND, its args).
+
+    The flags are walked as parse_flags reads them, so a flag's value is never taken for the
+    command (`-model claude claude -p hi` runs claude with the model "claude"). The first
+    argument in a flag's place that is a command word ends clasp's flags; so does `--`, which must
+    then be followed by the command. Without a command word the result is (argv, None, [])."""
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in COMMANDS:
+            return args[:i], arg, args[i + 1:]
+        if arg == "--":
+            if i + 1 < len(args) and args[i + 1] in COMMANDS:
+                return args[:i], args[i + 1], args[i + 2:]
+            raise ConfigError(f"-- ends clasp's flags and must be followed by {' or '.join(COMMANDS)}")
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            continue  # parse_flags reports it
+        name, eq, _ = arg.lstrip("-").partition("=")
+        if eq:
+            continue
+        setting = _BY_FLAG.get(name)
+        if name == "config" or (setting is not None and setting.kind is not bool):
+            i += 1  # its value, whatever it says
+    return args, None, []
 
 
 # ---------------------------------------------------------------- config file
@@ -553,13 +597,16 @@ def validate(cfg: Config) -> None:
 
 def usage_text() -> str:
     """The -help text: every flag and environment variable."""
-    lines = ["usage: python -m clasp [flags]            run the proxy",
-             "       python -m clasp claude [args...]   run Claude Code through a private proxy",
-             "       python -m clasp doctor [--json] [flags]  check the configured upstreams (exit 0: primary works)",
-             "       python -m clasp healthcheck        exit 0 if the proxy on CLASP_PORT is healthy",
+    lines = ["usage: python -m clasp [flags]                    run the proxy",
+             "       python -m clasp [flags] claude [args...]   run Claude Code through a private proxy",
+             "       python -m clasp doctor [--json] [flags]    check the configured upstreams (exit 0: primary works)",
+             "       python -m clasp healthcheck                exit 0 if the proxy on CLASP_PORT is healthy",
              "",
-             "Flags may be written -name value, --name value or -name=value. Precedence:",
-             "flags > environment > config file > defaults.", "",
+             "Flags may be written -name value, --name value or -name=value; a bool flag -name",
+             "is also -name=true, and -no-name is -name=false. Precedence:",
+             "flags > environment > config file > defaults.",
+             "With claude, the flags before the word `claude` (or before `-- claude`) configure the",
+             "private proxy; every argument after it goes to Claude Code unchanged.", "",
              "  -config FILE                 config file (env CLASP_CONFIG_FILE)",
              "  -version                     print the version",
              "  -help                        this text", ""]

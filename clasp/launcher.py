@@ -2,8 +2,13 @@
 
 The proxy runs in a background thread of this process on a free loopback port, so nothing has to
 re-run clasp (same behaviour from ``python -m clasp`` and from the zipapp), and it lives exactly as
-long as the ``claude`` child. Configuration comes from the environment and the config file only:
-every argument belongs to ``claude``.
+long as the ``claude`` child. Configuration comes from clasp's flags before the word ``claude``
+(``python -m clasp -provider custom claude -p hi``), the environment and the config file, with the
+server's precedence; every argument after ``claude`` belongs to Claude Code.
+
+Unless ``-no-statusline``, Claude Code gets ``--settings`` with a ``statusLine`` that runs
+``clasp statusline`` against the private proxy (clasp.statusline); the user's own settings files are
+never touched, and a ``--settings`` the user passes wins (no status line is added then).
 
 The terminal belongs to Claude Code: the proxy's access log and log records go to
 ``$XDG_CACHE_HOME/clasp/claude-proxy.log`` (default ``~/.cache/clasp/claude-proxy.log``), never to
@@ -14,19 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Mapping, TextIO
+from typing import Mapping, Sequence, TextIO
 
 from clasp.config import Config, ConfigError, load_config
 from clasp.server.run import LOG_FORMAT, log_level, serve
+from clasp.statusline import KEY_ENV as STATUSLINE_KEY_ENV
 
 INSTALL_HINT = "npm install -g @anthropic-ai/claude-code"
 # The private proxy always requires a key (the user's CLASP_AUTH_API_KEY, else a random one per
@@ -72,7 +80,39 @@ def child_env(env: Mapping[str, str], port: int, cfg: Config) -> dict[str, str]:
     out = {k: v for k, v in env.items() if k not in _OVERRIDING_ENV}
     out["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{port}"
     out["ANTHROPIC_API_KEY"] = cfg.auth_api_key
+    if cfg.statusline:
+        out[STATUSLINE_KEY_ENV] = cfg.auth_api_key  # for the status-line command: never on its command line
+    else:
+        out.pop(STATUSLINE_KEY_ENV, None)
     return out
+
+
+def clasp_location() -> str:
+    """What to put on sys.path to import this clasp: the zipapp file, or the package's parent
+    directory (a checkout or site-packages)."""
+    import clasp
+    return str(Path(clasp.__file__).resolve().parent.parent)
+
+
+def statusline_command(port: int) -> str:
+    """The shell command Claude Code runs for the status line: this Python and this clasp (from
+    `python -m clasp`, an installed package or the zipapp alike), importing only clasp.statusline."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from clasp.statusline import main; "
+            "sys.exit(main(sys.argv[2:]))")
+    return shlex.join([sys.executable, "-c", code, clasp_location(), "--port", str(port)])
+
+
+def user_gives_settings(args: list[str]) -> bool:
+    return any(a == "--settings" or a.startswith("--settings=") for a in args)
+
+
+def claude_args(args: list[str], port: int, cfg: Config) -> list[str]:
+    """Claude Code's arguments: the user's, after `--settings` with the status line (unless it is off
+    or the user passes their own --settings, which is left alone)."""
+    if not cfg.statusline or user_gives_settings(args):
+        return list(args)
+    settings = {"statusLine": {"type": "command", "command": statusline_command(port), "padding": 0}}
+    return ["--settings", json.dumps(settings), *args]
 
 
 def exit_code(returncode: int) -> int:
@@ -178,10 +218,11 @@ def _terminal_sends_sigint() -> bool:
     return False
 
 
-def run_claude(args: list[str]) -> int:
-    """Run `claude args...` against a private proxy; returns claude's exit code (128+N if killed)."""
+def run_claude(args: list[str], flags: Sequence[str] = ()) -> int:
+    """Run `claude args...` against a private proxy configured by clasp `flags` (then environment,
+    then config file); returns claude's exit code (128+N if killed)."""
     try:
-        cfg, _ = load_config([], os.environ)
+        cfg, _ = load_config(flags, os.environ)
     except ConfigError as e:
         print(f"clasp: error: {e}", file=sys.stderr)
         return 2
@@ -212,7 +253,7 @@ def run_claude(args: list[str]) -> int:
             return 1
         except KeyboardInterrupt:  # Ctrl-C before claude started
             return 128 + signal.SIGINT
-        return _run_child([claude, *args], child_env(os.environ, port, cfg))
+        return _run_child([claude, *claude_args(args, port, cfg)], child_env(os.environ, port, cfg))
     finally:
         proxy.stop(cfg.shutdown_timeout + 1)
         sink.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clasp.config import ConfigError, load_config, parse_model_flags
+from clasp.config import ConfigError, load_config, parse_model_flags, split_command
 from clasp.routing.providers import Router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +142,35 @@ def test_url_credentials_and_bad_ports_are_config_errors_without_echo():
         Router(cfg)
     cfg, _ = load_config(["-provider", "custom"], {**NOHOME, "CUSTOM_BASE_URL": "https://user:hunter2@host/v1"})
     assert "hunter2" not in repr(cfg) and "hunter2" not in repr(Router(cfg).primary)
+
+
+# ---------------------------------------------------------------- clasp flags before a command
+
+@pytest.mark.parametrize("argv,expected", [
+    (["claude", "-p", "hi"], ([], "claude", ["-p", "hi"])),
+    (["-provider", "custom", "claude", "-p", "hi"], (["-provider", "custom"], "claude", ["-p", "hi"])),
+    (["-model", "claude", "claude"], (["-model", "claude"], "claude", [])),      # a value is a value
+    (["-model=claude", "-debug", "claude", "-debug"], (["-model=claude", "-debug"], "claude", ["-debug"])),
+    (["-config", "claude", "claude"], (["-config", "claude"], "claude", [])),
+    (["-debug", "--", "claude", "--", "x"], (["-debug"], "claude", ["--", "x"])),
+    (["-port", "9", "-debug"], (["-port", "9", "-debug"], None, [])),             # the server
+    ([], ([], None, [])),
+])
+def test_split_command(argv, expected):
+    assert split_command(argv) == expected
+
+
+def test_dash_dash_must_be_followed_by_the_command():
+    with pytest.raises(ConfigError, match="must be followed by claude"):
+        split_command(["-debug", "--", "-p"])
+
+
+def test_no_prefix_turns_a_bool_flag_off():
+    env = {"HOME": "/nonexistent-clasp-test-home", "CLASP_STATUSLINE": "true", "CLASP_ACCESS_LOG": "true"}
+    cfg, _ = load_config(["-no-statusline", "-no-access-log"], env)
+    assert cfg.statusline is False and cfg.access_log is False
+    assert load_config(["-statusline=false"], env)[0].statusline is False
+    assert load_config([], env)[0].statusline is True
+    for bad in (["-no-port"], ["-no-statusline=true"], ["-no-such"]):
+        with pytest.raises(ConfigError, match="unknown flag"):
+            load_config(bad, env)

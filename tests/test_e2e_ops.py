@@ -421,7 +421,8 @@ def test_metrics_count_streams_tools_tokens_errors_retries(lt, upstream, proxies
     assert set(m["performance"]) == {"avg_latency_ms", "requests_per_sec"}
     assert float(m["performance"]["avg_latency_ms"]) > 0
     assert m["uptime"].endswith("s")
-    assert m["tokens"]["custom"]["claude-sonnet-4-5"] == {"requests": 4, "input_tokens": 62, "output_tokens": 16}
+    assert m["tokens"]["custom"]["claude-sonnet-4-5"] == {"requests": 4, "input_tokens": 62, "output_tokens": 16,
+                                                              "upstream_model": "gpt-test"}
     assert m["upstream_errors"] == {"400": 1, "500": 2}
     assert m["retries"] == 1 and m["fallbacks"] == 0
     assert m["circuit_breakers"] == {"custom": "closed"}

@@ -24,7 +24,7 @@ FAKE_CLAUDE = r'''
 import http.client, json, os, signal, sys, time, urllib.parse
 report = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in (
     "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
-    "KEEP_ME")}}
+    "KEEP_ME", "CLASP_STATUSLINE_KEY")}}
 out = os.environ["FAKE_REPORT"]
 def save():
     with open(out + ".tmp", "w") as f:
@@ -60,6 +60,13 @@ for other in ({"x-api-key": "clasp"}, {}):
     conn.request("POST", "/v1/messages", body=body, headers={"content-type": "application/json", **other})
     r = conn.getresponse()
     report["other_keys"].append([r.status, json.loads(r.read())["error"]["type"]])
+settings = json.loads(sys.argv[2]) if sys.argv[1:2] == ["--settings"] else {}
+if "statusLine" in settings:  # run the status line as Claude Code does: a shell, JSON on stdin
+    import subprocess
+    command = settings["statusLine"]["command"]
+    done = subprocess.run(command, shell=True, input='{"session_id": "s1", "model": {"id": "x"}}',
+                          capture_output=True, text=True, timeout=20)
+    report["statusline"] = [done.returncode, done.stdout, done.stderr]
 save()
 sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
 '''
@@ -112,7 +119,7 @@ def test_claude_runs_against_the_proxy_and_its_exit_code_is_returned(tmp_path, f
     proc = run_launcher(args, env, tmp_path)
     assert proc.returncode == 7, proc.stderr
     report = read_report(tmp_path)
-    assert report["argv"] == args
+    assert report["argv"][2:] == args  # after the status line's --settings
     child_env = report["env"]
     assert child_env["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:")
     # no auth configured: the private proxy still requires a key, random for this session
@@ -239,6 +246,100 @@ def test_zipapp_runs_claude(tmp_path, fake_claude, upstream):
     proc = run_launcher(["-p", "x"], env, tmp_path, cmd=[sys.executable, "-I", str(pyz), "claude"])
     assert proc.returncode == 3, proc.stderr
     report = read_report(tmp_path)
-    assert report["argv"] == ["-p", "x"]
+    assert report["argv"][2:] == ["-p", "x"]
+    # the status line command runs this clasp from the zipapp too (no PYTHONPATH, no checkout)
+    assert str(pyz) in json.loads(report["argv"][1])["statusLine"]["command"]
+    code, out, err = report["statusline"]
+    assert (code, err) == (0, "") and out.startswith("clasp · custom up-model · ") and out.endswith(" · ok\n")
     assert report["messages"][0] == 200
     assert report["messages"][1]["content"][0]["text"] == "Hi from upstream"
+
+
+# ---------------------------------------------------------------- clasp flags before `claude`
+
+def test_clasp_flags_before_claude_configure_the_private_proxy(tmp_path, fake_claude, upstream):
+    # flags > env: CLASP_MODEL says env-model, the flag says flag-model
+    env = launcher_env(tmp_path, None, str(fake_claude), FAKE_EXIT="0", CUSTOM_BASE_URL=upstream.url,
+                       CLASP_MODEL="env-model")
+    claude_part = ["-p", "hi", "-model", "x", "--", "-port"]  # Claude Code's, even when they look like clasp's
+    proc = run_launcher(["-provider", "custom", "-model", "flag-model", "-no-statusline", "claude", *claude_part],
+                        env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 0, proc.stderr
+    report = read_report(tmp_path)
+    assert report["argv"] == claude_part  # -no-statusline: no --settings added
+    assert report["messages"][0] == 200
+    assert upstream.requests[-1].json()["model"] == "flag-model"
+
+
+@pytest.mark.parametrize("clasp_part", [["-model", "claude", "-no-statusline"],
+                                        ["-model", "claude", "-no-statusline", "--"]])
+def test_a_flag_value_named_claude_is_a_value_and_dash_dash_ends_clasp_flags(tmp_path, fake_claude, upstream,
+                                                                             clasp_part):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
+    proc = run_launcher([*clasp_part, "claude", "-p", "claude"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 0, proc.stderr
+    assert read_report(tmp_path)["argv"] == ["-p", "claude"]
+    assert upstream.requests[-1].json()["model"] == "claude"
+
+
+@pytest.mark.parametrize("clasp_part,message", [
+    (["-no-such-flag"], "unknown flag -no-such-flag"),
+    (["-port", "notaport"], "invalid int value 'notaport'"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--", "-p"], "-- ends clasp's flags and must be followed by claude"),
+])
+def test_bad_clasp_flags_before_claude_exit_2_before_claude_runs(tmp_path, fake_claude, upstream, clasp_part,
+                                                                 message):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
+    proc = run_launcher([*clasp_part, "claude", "-p", "hi"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_help_and_version_before_claude(tmp_path, fake_claude, upstream):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
+    proc = run_launcher(["-help", "claude", "-p", "hi"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 0
+    assert "python -m clasp [flags] claude [args...]" in proc.stdout and "-no-name" in proc.stdout
+    assert not (tmp_path / "report.json").exists()
+    proc = run_launcher(["-version", "claude"], env, tmp_path, cmd=[sys.executable, "-m", "clasp"])
+    assert proc.returncode == 0 and proc.stdout.startswith("clasp ")
+    assert not (tmp_path / "report.json").exists()
+
+
+# ---------------------------------------------------------------- Claude Code status line
+
+def test_status_line_shows_the_session_from_the_private_proxy(tmp_path, fake_claude, upstream):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
+    proc = run_launcher(["-p", "hi"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = read_report(tmp_path)
+    assert report["argv"][0] == "--settings" and report["argv"][2:] == ["-p", "hi"]
+    settings = json.loads(report["argv"][1])
+    assert settings["statusLine"]["type"] == "command"
+    key = report["env"]["ANTHROPIC_API_KEY"]
+    assert report["env"]["CLASP_STATUSLINE_KEY"] == key  # the key comes through the environment...
+    assert key not in report["argv"][1]                   # ...never on the command line
+    code, out, err = report["statusline"]
+    assert (code, err) == (0, "")
+    # one line: upstream provider and model, tokens so far (no prices known: no cost), state
+    assert out.count("\n") == 1 and key not in out
+    assert out.startswith("clasp · custom up-model · ") and " in / " in out and out.endswith(" out · ok\n")
+
+
+def test_statusline_off_by_env_and_config_conventions(tmp_path, fake_claude, upstream):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0", CLASP_STATUSLINE="false",
+                       CLASP_STATUSLINE_KEY="stale-from-outside")
+    proc = run_launcher(["-p", "hi"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = read_report(tmp_path)
+    assert report["argv"] == ["-p", "hi"] and report["env"]["CLASP_STATUSLINE_KEY"] is None
+
+
+@pytest.mark.parametrize("own", [["--settings", '{"theme": "dark"}'], ['--settings={"theme": "dark"}']])
+def test_users_own_settings_are_not_clobbered(tmp_path, fake_claude, upstream, own):
+    env = launcher_env(tmp_path, upstream, str(fake_claude), FAKE_EXIT="0")
+    proc = run_launcher([*own, "-p", "hi"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert read_report(tmp_path)["argv"] == [*own, "-p", "hi"]

@@ -103,7 +103,7 @@ class _Series:
 
     __slots__ = (
         "requests", "streaming", "tool_calls", "input_tokens", "output_tokens",
-        "dur_counts", "dur_sum", "ttft_counts", "ttft_sum", "ttft_count",
+        "dur_counts", "dur_sum", "ttft_counts", "ttft_sum", "ttft_count", "upstream_model",
     )
 
     def __init__(self) -> None:
@@ -118,6 +118,7 @@ class _Series:
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.ttft_count = 0
+        self.upstream_model = ""  # the model the upstream last served for it (status lines show it)
 
 
 class Metrics:
@@ -186,6 +187,7 @@ class Metrics:
         output_tokens: int = 0,
         cache: str | None = None,
         api: str = "",
+        upstream_model: str = "",
     ) -> None:
         """One finished request. ``api``: the upstream dialect it was routed to ("chat",
         "responses"; "" when not routed). ``status`` is the HTTP status sent to the client (< 400 = success);
@@ -219,6 +221,8 @@ class Metrics:
             ka = (provider, api)
             self._apis[ka] = self._apis.get(ka, 0) + 1
         s.requests += 1
+        if upstream_model and upstream_model != s.upstream_model:
+            s.upstream_model = bounded_label(upstream_model)
         if streaming:
             self.streaming += 1
             s.streaming += 1
@@ -280,6 +284,7 @@ class Metrics:
                 "requests": s.requests,
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
+                **({"upstream_model": s.upstream_model} if s.upstream_model else {}),
             }
         apis: dict[str, dict[str, int]] = {}
         for (provider, api), n in self._apis.items():

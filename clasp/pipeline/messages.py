@@ -120,7 +120,7 @@ class MessagesPipeline:
                                     status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
                                     latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
                                     output_tokens=ex.output_tokens, cache=ex.cache.lower() or None,
-                                    api=ex.api)
+                                    api=ex.api, upstream_model=ex.upstream_model)
         if self.access_log is not None:
             self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
                                 upstream_model=ex.upstream_model, provider=ex.provider,
