@@ -48,7 +48,8 @@ table{width:100%;border-collapse:collapse;font-size:12px}
 th,td{text-align:left;padding:3px 6px;border-bottom:1px solid var(--line);vertical-align:top}
 th{color:var(--muted);font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.msg{word-break:break-word}
+td.msg,td.name{word-break:break-word}
+td.bars{width:30%;white-space:nowrap}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;font-size:12px}
 .closed{background:var(--ok)}.half_open{background:var(--warn)}.open{background:var(--bad)}
 .big{font-size:28px;font-weight:700}
@@ -88,7 +89,7 @@ _SCRIPT = r"""
 
   // ---- charts ---------------------------------------------------------------------------------
   function lineChart(svg, series, unit) {
-    var W = 560, H = 150, L = 44, R = 8, T = 8, B = 18;
+    var W = 560, H = 150, L = 52, R = 8, T = 8, B = 18;
     clear(svg);
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.setAttribute("preserveAspectRatio", "none");
@@ -101,16 +102,17 @@ _SCRIPT = r"""
     for (var g = 0; g <= 4; g++) {
       var y = T + (H - T - B) * g / 4;
       svg.appendChild(el("svg:line", {x1: L, x2: W - R, y1: y, y2: y, "class": "grid"}));
-      svg.appendChild(el("svg:text", {x: L - 4, y: y + 3, "text-anchor": "end"}, fmt(top * (4 - g) / 4) + (g === 0 && unit ? " " + unit : "")));
+      svg.appendChild(el("svg:text", {x: L - 4, y: y + 3, "text-anchor": "end"}, fmt(top * (4 - g) / 4, top >= 10 ? 0 : 2) + (g === 0 && unit ? " " + unit : "")));
     }
-    svg.appendChild(el("svg:text", {x: L, y: H - 4}, "-" + Math.round((KEEP - 1) * PERIOD / 1000) + " s"));
+    var span = snaps.length > 1 ? snaps[snaps.length - 1].uptime_s - snaps[0].uptime_s : 0;
+    svg.appendChild(el("svg:text", {x: L, y: H - 4}, "-" + fmt(span, span >= 10 ? 0 : 1) + " s"));
     svg.appendChild(el("svg:text", {x: W - R, y: H - 4, "text-anchor": "end"}, "now"));
     var drawn = 0;
     series.forEach(function (s, i) {
-      var d = "", pen = false, off = KEEP - s.values.length;
+      var d = "", pen = false, steps = Math.max(n - 1, 1), off = n - s.values.length;
       s.values.forEach(function (v, j) {
         if (v === null || !isFinite(v)) { pen = false; return; }
-        var x = L + (W - L - R) * (off + j) / (KEEP - 1), y = T + (H - T - B) * (1 - v / top);
+        var x = L + (W - L - R) * (off + j) / steps, y = T + (H - T - B) * (1 - v / top);
         d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
         pen = true;
       });
@@ -247,14 +249,14 @@ _SCRIPT = r"""
     rows.slice(0, 12).forEach(function (r) {
       var tr = el("tr");
       tr.appendChild(el("td", null, r.p));
-      tr.appendChild(el("td", null, r.model));
+      tr.appendChild(el("td", {"class": "name"}, r.model));
       tr.appendChild(el("td", {"class": "num"}, fmt(r.req, 0)));
       tr.appendChild(el("td", {"class": "num"}, fmt(r.inp, 0)));
       tr.appendChild(el("td", {"class": "num"}, fmt(r.out, 0)));
-      var bars = el("td");
+      var bars = el("td", {"class": "bars"});
       [[r.inp, COLORS[0]], [r.out, COLORS[3]]].forEach(function (b) {
         var s = el("span", {"class": "bar"});
-        s.style.width = (120 * b[0] / max).toFixed(1) + "px";
+        s.style.width = (50 * b[0] / max).toFixed(1) + "%";
         s.style.background = b[1];
         bars.appendChild(s);
       });
