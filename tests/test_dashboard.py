@@ -202,3 +202,18 @@ def test_percentiles_come_from_the_histogram():
     assert 500 <= lat["p90_ms"] <= 1000          # 0.5-1 s bucket
     assert 10_000 <= lat["p99_ms"] <= 30_000     # 10-30 s bucket
     assert Metrics().to_json()["latency"]["p50_ms"] is None
+
+
+def test_the_zipapp_carries_the_page(tmp_path):
+    import sys
+    import zipfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        from build_zipapp import build
+    finally:
+        sys.path.remove(str(root / "tools"))
+    pyz = build(tmp_path / "clasp.pyz")
+    with zipfile.ZipFile(pyz) as z:
+        assert b"clasp gateway" in z.read("clasp/ops/dashboard.py")
