@@ -27,7 +27,7 @@ from clasp.pipeline.count_tokens import CountTokens
 from clasp.pipeline.messages import MessagesPipeline
 from clasp.pipeline.relay import Relay
 from clasp.pipeline.wire import send_error, send_json
-from clasp.redaction import secret_variants
+from clasp.redaction import redact_variants, secret_variants
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
 from clasp.translate.capabilities import capabilities_for
@@ -72,7 +72,7 @@ class App:
         self.servers = ServerRegistry(self.client, enabled=cfg.probe_upstream)
         debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, secrets)
                      if cfg.debug_log_requests or cfg.debug_log_responses else None)
-        self.metrics = Metrics(clock=clock)
+        self.metrics = Metrics(clock=clock, redact=lambda text: redact_variants(text, variants))
         self.chain = chain = UpstreamChain(cfg, self.client, self.metrics, targets=list(self.router.targets),
                               model_flags=model_flags, servers=self.servers, cache=cache, debug_log=debug_log,
                               secret_variants=variants)
@@ -146,7 +146,7 @@ class App:
             endpoint, methods = "/v1/messages/count_tokens", ("POST",)
         elif path == "/":
             endpoint, methods = "/", ("GET", "HEAD")
-        elif path in ("/health", "/metrics", "/metrics/prometheus"):
+        elif path in ("/health", "/metrics", "/metrics/prometheus", "/dashboard"):
             endpoint, methods = path, ("GET", "HEAD")
         elif path.endswith("/v1/models"):
             endpoint, methods = "/v1/models", ("GET", "HEAD")
@@ -167,6 +167,11 @@ class App:
         client_id = req.client
         if self.auth.requires_auth(endpoint):
             identity = self.auth.check(req.headers)
+            if identity is None and endpoint == "/dashboard" and "text/html" in req.headers.get("accept", ""):
+                # A browser cannot send the key when it opens a page: it gets the page (code only, no
+                # data) with the 401, asks the person for the key and sends it on its /metrics fetches.
+                await self._send_dashboard(req, resp, 401)
+                return None
             if identity is None:
                 await send_error(resp, ProxyError(401, "authentication_error", "invalid or missing API key "
                                                    "(send it as x-api-key or Authorization: Bearer)",
@@ -187,6 +192,8 @@ class App:
             if self.cfg.workers > 1:  # each worker process counts its own requests
                 data["worker"] = {"pid": os.getpid(), "workers": self.cfg.workers}
             await send_json(resp, 200, data)
+        elif endpoint == "/dashboard":
+            await self._send_dashboard(req, resp, 200)
         elif endpoint == "/metrics/prometheus":
             await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                             utf8(self.metrics.to_prometheus()))
@@ -194,11 +201,16 @@ class App:
             await send_json(resp, 200, self.models())
         return None
 
+    async def _send_dashboard(self, req: Request, resp: Responder, status: int) -> None:
+        from clasp.ops.dashboard import HEADERS, page
+        # HEAD: the server sends the head only, with this body's length
+        await resp.send(status, [*HEADERS, *((("x-should-retry", "false"),) if status == 401 else ())], page())
+
     def info(self) -> dict:
         return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
                 "model": self.router.primary.default_model or None,
                 "endpoints": ["POST /v1/messages", "POST /v1/messages/count_tokens", "GET /health",
-                              "GET /metrics", "GET /metrics/prometheus", "GET /v1/models", "GET /"]}
+                              "GET /metrics", "GET /metrics/prometheus", "GET /dashboard", "GET /v1/models", "GET /"]}
 
     def models(self) -> dict:
         names = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"]

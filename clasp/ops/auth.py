@@ -6,6 +6,7 @@ Endpoint access when authentication is enabled (CLASP README):
     /health               anonymous unless allow_anonymous_health=False
     /metrics              needs the key unless allow_anonymous_metrics=True
     /metrics/prometheus   same switch as /metrics
+    /dashboard            same switch as /metrics (the page reads /metrics with the key it is given)
     /v1/messages, /v1/messages/count_tokens and every other path: needs the key
 
 Clients send the key as ``x-api-key`` (ANTHROPIC_API_KEY) or ``Authorization: Bearer``
@@ -24,7 +25,7 @@ __all__ = ["AuthPolicy", "ANONYMOUS", "fingerprint"]
 # so the caller should bucket by something else (e.g. the peer address) if it needs per-client limits.
 ANONYMOUS = "anonymous"
 
-_METRICS_PATHS = frozenset(("/metrics", "/metrics/prometheus"))
+_METRICS_PATHS = frozenset(("/metrics", "/metrics/prometheus", "/dashboard"))
 
 
 def fingerprint(key: str) -> str:

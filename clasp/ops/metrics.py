@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
+from collections import deque
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "go_duration",
     "escape_label_value",
     "bounded_label",
+    "RECENT_ERRORS",
 ]
 
 # Upper bounds (seconds). LLM calls range from sub-second to many minutes; first tokens arrive sooner.
@@ -88,6 +90,42 @@ NOT_ROUTED = "-"
 OTHER = "other"
 
 
+# Errors kept for the dashboard's "last errors" list, and the longest message kept of each (after
+# redaction); distinct error types counted before the rest are counted as OTHER.
+RECENT_ERRORS = 20
+RECENT_ERROR_CHARS = 300
+MAX_ERROR_TYPES = 16
+# What a failed request without an Anthropic error type of its own counts as.
+_STATUS_ERROR_TYPES = {499: "client_closed", 529: "overloaded_error", 429: "rate_limit_error",
+                       401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                       413: "request_too_large"}
+
+
+def _quantile_ms(q: float, bounds: tuple[float, ...], counts: list[int]) -> float | None:
+    """Histogram quantile (linear within a bucket, as Prometheus' histogram_quantile), in ms; the
+    +Inf bucket reads as the last finite bound. None when the histogram is empty."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    cum = 0
+    for i, c in enumerate(counts):
+        if c and cum + c >= rank:
+            if i >= len(bounds):
+                return round(bounds[-1] * 1000.0, 1)
+            lo = bounds[i - 1] if i else 0.0
+            return round((lo + (bounds[i] - lo) * (rank - cum) / c) * 1000.0, 1)
+        cum += c
+    return round(bounds[-1] * 1000.0, 1)
+
+
+def _histogram_json(bounds: tuple[float, ...], counts: list[int], total_s: float) -> dict:
+    n = sum(counts)
+    return {"buckets_s": list(bounds), "counts": counts, "count": n, "sum_s": round(total_s, 6),
+            "p50_ms": _quantile_ms(0.5, bounds, counts), "p90_ms": _quantile_ms(0.9, bounds, counts),
+            "p99_ms": _quantile_ms(0.99, bounds, counts)}
+
+
 def bounded_label(value: str) -> str:
     """A label value that is short, encodable as UTF-8 and free of control characters other than
     line feed (which the exposition format escapes): lone surrogates and the like become "?"."""
@@ -122,8 +160,18 @@ class _Series:
 
 
 class Metrics:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
+                 redact: Callable[[str], str] | None = None, wall: Callable[[], float] = time.time) -> None:
+        """``redact``: applied to error messages kept for the dashboard (configured secrets and
+        credential-shaped text); ``wall``: the clock their times are read from."""
         self._clock = clock
+        self._wall = wall
+        self._redact = redact or (lambda text: text)
+        # In flight now (the dashboard's gauges): requests inside the pipeline, streams being relayed.
+        self.active_requests = 0
+        self.active_streams = 0
+        self._error_types: dict[str, int] = {}                       # error type -> n (bounded)
+        self._recent_errors: deque[dict] = deque(maxlen=RECENT_ERRORS)
         self._start = clock()
         self.total = 0
         self.successful = 0
@@ -188,17 +236,21 @@ class Metrics:
         cache: str | None = None,
         api: str = "",
         upstream_model: str = "",
+        error_type: str = "",
+        error_message: str = "",
     ) -> None:
         """One finished request. ``api``: the upstream dialect it was routed to ("chat",
         "responses"; "" when not routed). ``status`` is the HTTP status sent to the client (< 400 = success);
         ``tool_calls`` the number of tool_use blocks returned; ``cache`` "hit", "miss" or None when the
         request was not cacheable. ``model`` is the requested name of a routed request, or NOT_ROUTED;
-        it is cut to MAX_LABEL_CHARS, and names beyond MAX_SERIES distinct ones are counted as OTHER."""
+        it is cut to MAX_LABEL_CHARS, and names beyond MAX_SERIES distinct ones are counted as OTHER.
+        ``error_type``/``error_message``: the Anthropic error the client got, when status >= 400."""
         self.total += 1
         if status < 400:
             self.successful += 1
         else:
             self.errors += 1
+            self._record_error(provider, model, status, error_type, error_message)
         self.tool_calls += tool_calls
         self.latency_sum += latency_s
         pm = (provider, model)
@@ -237,6 +289,21 @@ class Metrics:
             s.ttft_count += 1
         if cache is not None:
             self._cache_results[cache] = self._cache_results.get(cache, 0) + 1
+
+    def _record_error(self, provider: str, model: str, status: int, error_type: str, message: str) -> None:
+        """Errors by type (bounded) and the last RECENT_ERRORS of them, messages redacted."""
+        etype = error_type or _STATUS_ERROR_TYPES.get(status) or "api_error"
+        etype = bounded_label(etype)
+        if etype not in self._error_types and len(self._error_types) >= MAX_ERROR_TYPES:
+            etype = OTHER
+        self._error_types[etype] = self._error_types.get(etype, 0) + 1
+        # redacted before it is cut, so a key cut in half cannot slip past the patterns
+        text = self._redact(message[:RECENT_ERROR_CHARS * 4]) if message else ""
+        if len(text) > RECENT_ERROR_CHARS:
+            text = text[:RECENT_ERROR_CHARS - len(TRUNCATED)] + TRUNCATED
+        self._recent_errors.append({"time": round(self._wall(), 3), "status": status, "type": etype,
+                                    "provider": provider, "model": bounded_label(model),
+                                    "message": bounded_label(text) if text else ""})
 
     def record_upstream_error(self, provider: str, status: int | str) -> None:
         """An upstream attempt failed: HTTP status, or a transport failure kind ("timeout", "connect")."""
@@ -293,6 +360,18 @@ class Metrics:
         for (_provider, status), n in self._upstream_errors.items():
             upstream_errors[status] = upstream_errors.get(status, 0) + n
         queue = self._queue()
+        dur_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        dur_sum = ttft_sum = 0.0
+        for s in self._series.values():
+            dur_counts = [a + b for a, b in zip(dur_counts, s.dur_counts)]
+            ttft_counts = [a + b for a, b in zip(ttft_counts, s.ttft_counts)]
+            dur_sum += s.dur_sum
+            ttft_sum += s.ttft_sum
+        by_status: dict[str, int] = {}
+        for (_provider, _model, status), n in self._requests.items():
+            if status >= 400:
+                by_status[str(status)] = by_status.get(str(status), 0) + n
         return {
             "requests": {
                 "total": total,
@@ -323,6 +402,13 @@ class Metrics:
             "circuit_breakers": self._breakers(),
             "queue": {"enabled": False} if queue is None else {"enabled": True, **queue},
             **({"memory": dict(self._memory_source())} if self._memory_source is not None else {}),
+            # for the dashboard: numbers a page can difference between two scrapes
+            "uptime_s": round(uptime, 3),
+            "active": {"requests": self.active_requests, "streams": self.active_streams},
+            "latency": _histogram_json(DURATION_BUCKETS, dur_counts, dur_sum),
+            "ttft": _histogram_json(TTFT_BUCKETS, ttft_counts, ttft_sum),
+            "errors": {"by_type": dict(self._error_types), "by_status": by_status,
+                       "recent": list(self._recent_errors)},
         }
 
     def to_prometheus(self) -> str:

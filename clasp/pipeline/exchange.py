@@ -19,6 +19,8 @@ class Exchange:
     output_tokens: int = 0
     tool_calls: int = 0
     cache: str = ""
+    error_type: str = ""            # the Anthropic error the client got (dashboard's last errors)
+    error_message: str = ""
 
     def book(self, usage: dict, tool_calls: int) -> None:
         """Token counts of an Anthropic usage object (cache reads count as input) and tool calls."""

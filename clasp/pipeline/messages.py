@@ -39,10 +39,13 @@ class MessagesPipeline:
         """consume=True (the server's own Request): req.body is released once parsed."""
         ex = Exchange(started=self.clock())
         request_id = random_id("req_")
+        metrics = self.metrics
+        metrics.active_requests += 1
         try:
             await self._run(req, resp, client_id, ex, request_id, consume)
         except ProxyError as err:
             ex.status = err.status
+            ex.error_type, ex.error_message = err.error_type, err.message
             if not resp.started:
                 await send_error(resp, err, request_id)
         except asyncio.CancelledError:
@@ -56,6 +59,7 @@ class MessagesPipeline:
                 ex.status = 500  # the server answers 500: never count it as a success
             raise
         finally:
+            metrics.active_requests -= 1
             self._record(req, ex)
 
     async def _run(self, req: Request, resp: Responder, client_id: str, ex: Exchange,
@@ -107,7 +111,11 @@ class MessagesPipeline:
         # relay
         is_sse = "text/event-stream" in upstream.headers.get("content-type", "")
         if ex.stream and is_sse:
-            await self.relay.stream(upstream, resp, ctx, caps, ex, extra_headers, route.api)
+            self.metrics.active_streams += 1
+            try:
+                await self.relay.stream(upstream, resp, ctx, caps, ex, extra_headers, route.api)
+            finally:
+                self.metrics.active_streams -= 1
         else:
             await self.relay.whole(upstream, resp, ctx, caps, ex, extra_headers, cache_key, route.api)
 
@@ -120,7 +128,8 @@ class MessagesPipeline:
                                     status=ex.status, streaming=ex.stream, tool_calls=ex.tool_calls,
                                     latency_s=latency, ttft_s=ex.ttft, input_tokens=ex.input_tokens,
                                     output_tokens=ex.output_tokens, cache=ex.cache.lower() or None,
-                                    api=ex.api, upstream_model=ex.upstream_model)
+                                    api=ex.api, upstream_model=ex.upstream_model,
+                                    error_type=ex.error_type, error_message=ex.error_message)
         if self.access_log is not None:
             self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
                                 upstream_model=ex.upstream_model, provider=ex.provider,

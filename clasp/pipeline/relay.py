@@ -164,7 +164,7 @@ class Relay:
                     events = _translate_payloads(e.payloads, translator, ex.provider)
                     events += translator.fail(ProxyError(
                         502, "api_error", f"{ex.provider}: {e} (-max-sse-event-size / CLASP_MAX_SSE_EVENT_SIZE)"))
-                    failed = bool(events) and events[-1]["type"] == "error"
+                    failed = _ended_with_error(events, ex)
                     out = encode_events(events)
                     if debug:
                         debug.translated_response(out)
@@ -174,7 +174,7 @@ class Relay:
                 if events:
                     if ex.ttft is None:
                         ex.ttft = clock() - ex.started
-                    failed = events[-1]["type"] == "error"
+                    failed = _ended_with_error(events, ex)
                     out = encode_events(events)
                     if debug:
                         debug.translated_response(out)
@@ -201,7 +201,7 @@ class Relay:
                         events.extend(translator.fail(ProxyError(
                             502, "api_error", f"{ex.provider}: upstream stream ended before the answer was "
                                               f"complete (no finish_reason or [DONE])")))
-                failed = bool(events) and events[-1]["type"] == "error"
+                failed = _ended_with_error(events, ex)
                 out = encode_events(events)
                 if debug:
                     debug.translated_response(out)
@@ -210,12 +210,14 @@ class Relay:
             upstream.close()
             err = map_transport_error(e, ex.provider)
             resp.write(encode_events(translator.fail(err)))
+            ex.error_type, ex.error_message = err.error_type, err.message
             failed = True
         except Exception:
             # A bug, or input nobody foresaw: the client still gets an explicit end, not a cut.
             log.exception("%s: relaying the stream failed", ex.provider)
             upstream.close()
             resp.write(_internal_error_events(translator))
+            ex.error_type, ex.error_message = "api_error", "internal error while relaying the stream"
             failed = True
         except BaseException:
             upstream.close()  # cancelled (client left): never pool a half-read connection
@@ -247,6 +249,15 @@ class Relay:
 def _too_deep(provider: str) -> ProxyError:
     return ProxyError(502, "api_error", f"{provider}: upstream returned JSON nested too deeply to translate",
                       {}, True)
+
+
+def _ended_with_error(events: list[dict], ex: Exchange) -> bool:
+    """Did these events end the stream with an error event? Its type and message go to ex."""
+    if not events or events[-1]["type"] != "error":
+        return False
+    error = events[-1].get("error") or {}
+    ex.error_type, ex.error_message = str(error.get("type", "")), str(error.get("message", ""))
+    return True
 
 
 def _internal_error_events(translator: StreamTranslator) -> bytes:
