@@ -54,8 +54,9 @@ def test_claude_code_through_clasp_claude_answers_with_the_real_model(llama, cla
     env = claude_env(home, "unused")
     del env["ANTHROPIC_BASE_URL"], env["ANTHROPIC_API_KEY"]  # the launcher sets both
     env.update({"PATH": f"{claude_bin.parent}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(REPO),
-                "PROVIDER": "custom", "CUSTOM_BASE_URL": llama.base + "/v1", "CLASP_MODEL": "smollm"})
-    proc, result = run_claude([sys.executable, "-m", "clasp", "claude"], PROMPT, env, work, "--tools", "",
-                              timeout=240)
+                "CUSTOM_BASE_URL": llama.base + "/v1"})
+    # clasp's own flags before the word claude configure the private proxy
+    proc, result = run_claude([sys.executable, "-m", "clasp", "-provider", "custom", "-model", "smollm", "claude"],
+                              PROMPT, env, work, "--tools", "", timeout=240)
     log_file = home / ".cache" / "clasp" / "claude-proxy.log"
     _check(proc, result, log_file.read_text(errors="replace") if log_file.exists() else "(no launcher log)")
