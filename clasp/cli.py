@@ -32,21 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"clasp: error: {e}", file=sys.stderr)
         return 2
-    if command == "claude":
-        if any(a in ("-h", "-help", "--help") for a in args):
-            print(usage_text())
-            return 0
-        if any(a in ("-v", "-version", "--version") for a in args):
-            print(version_line())
-            return 0
-        from clasp.launcher import run_claude
-        return run_claude(rest, flags=args)
+    # clasp's own flags only: after the word claude, -help and -version are Claude Code's
     if any(a in ("-h", "-help", "--help") for a in args):
         print(usage_text())
         return 0
     if any(a in ("-v", "-version", "--version") for a in args):
         print(version_line())
         return 0
+    if command == "claude":
+        from clasp.launcher import run_claude
+        return run_claude(rest, flags=args)
     try:
         cfg, actions = load_config(args)
     except ConfigError as e:
