@@ -57,7 +57,7 @@ TOOL_TEMPLATE = Path(__file__).parent / "chatml-tools.jinja"
 
 class LlamaServer:
     """A running llama-server: SmolLM2-135M with clasp's ChatML tool template, one slot, no prompt
-    cache (so usage is comparable between requests)."""
+    cache (so usage is comparable between requests), greedy decoding by default."""
 
     def __init__(self, binary: Path, model: Path, log_path: Path, context: int = 8192) -> None:
         self.port = free_port()
@@ -66,7 +66,10 @@ class LlamaServer:
         self.log_path = log_path
         cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                "--jinja", "--chat-template-file", str(TOOL_TEMPLATE), "-c", str(context), "-np", "1",
-               "-t", "2", "--no-cache-prompt", "--no-webui"]
+               "-t", "2", "--no-cache-prompt", "--no-webui",
+               # greedy unless a request says otherwise: Claude Code sends no temperature, and a
+               # sampled 135M model sometimes rambles until the context is full (minutes per run)
+               "--top-k", "1"]
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         wait_http(self.base + "/health", 120, self.proc, "llama-server")
