@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 from clasp.translate.capabilities import Capabilities
 from clasp.translate.context import RequestContext
@@ -365,34 +365,14 @@ class _Builder:
                 "function": {"name": up_name, "arguments": _dumps_args(block.get("input"))}}
 
     def user(self, content: Any, where: str) -> None:
-        parts: list[dict] = []
-        results: list[tuple[int, dict]] = []
-        if isinstance(content, str):
-            if content.strip():
-                parts.append(_text_part(content))
-        else:
-            for i, block in enumerate(content):
-                btype = block["type"]
-                if btype == "tool_result":
-                    results.append((i, block))
-                else:
-                    part = self.user_part(block, btype, f"{where}.content.{i}")
-                    if part is not None:
-                        parts.append(part)
-
+        parts, results = split_user_turn(content, where, _text_part, self.user_part)
         lifted: list[dict] = []
         if self.pending:
-            pending = set(self.pending)
-            answered: set[str] = set()
-            for i, block in results:
-                raw_id = _tool_result_id(block, f"{where}.content.{i}")
-                call_id = upstream_tool_id(raw_id, self.caps.mistral_ids)
-                if call_id not in pending or call_id in answered:
-                    continue                     # orphan or duplicate result: upstream would 400
-                answered.add(call_id)
+            answered = answered_results(results, self.pending, where, self.caps.mistral_ids)
+            for i, block, call_id in answered:
                 self.out.append({"role": "tool", "tool_call_id": call_id,
                                  "content": self.tool_result_text(block, lifted, f"{where}.content.{i}")})
-            self.close_pending(answered)
+            self.close_pending({call_id for _, _, call_id in answered})
         # else: results without a preceding call are orphans and are dropped (§1.6.4).
 
         parts.extend(lifted)
@@ -469,6 +449,41 @@ class _Builder:
         if self.system_texts:
             self.out.insert(0, {"role": "system", "content": "\n\n".join(self.system_texts)})
         return self.out
+
+
+def split_user_turn(content: Any, where: str, text_part: Callable[[str], dict],
+                    user_part: Callable[[dict, str, str], dict | None]) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """A validated user turn's content: (the parts of its user message, (index, tool_result
+    block) pairs). `text_part` and `user_part` build the dialect's parts."""
+    parts: list[dict] = []
+    results: list[tuple[int, dict]] = []
+    if isinstance(content, str):
+        if content.strip():
+            parts.append(text_part(content))
+        return parts, results
+    for i, block in enumerate(content):
+        btype = block["type"]
+        if btype == "tool_result":
+            results.append((i, block))
+        else:
+            part = user_part(block, btype, f"{where}.content.{i}")
+            if part is not None:
+                parts.append(part)
+    return parts, results
+
+
+def answered_results(results: list[tuple[int, dict]], pending: list[str], where: str,
+                     mistral_ids: bool) -> list[tuple[int, dict, str]]:
+    """The tool results that answer a pending call, once each, with its upstream call id:
+    orphans and duplicates are left out (upstream would 400)."""
+    open_calls = set(pending)
+    out: list[tuple[int, dict, str]] = []
+    for i, block in results:
+        call_id = upstream_tool_id(_tool_result_id(block, f"{where}.content.{i}"), mistral_ids)
+        if call_id in open_calls:
+            open_calls.discard(call_id)
+            out.append((i, block, call_id))
+    return out
 
 
 def _validate_messages(messages: Any) -> None:
@@ -559,30 +574,23 @@ def _check_options(body: dict) -> None:
             raise InvalidRequest("tool_choice.disable_parallel_tool_use: must be a boolean")
 
 
-def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool, list[dict]]:
-    """(upstream tool_choice or None, disable_parallel, tools to send) for a body that has
-    tools (§1.8)."""
+def choose_tool(body: dict, caps: Capabilities, tools: list[dict], name_of: Callable[[dict], str],
+                forced_choice: Callable[[str], Any]) -> tuple[Any, bool, list[dict]]:
+    """(upstream tool_choice or None, disable_parallel, tools to send) for a validated body that
+    has tools (§1.8); Chat Completions and Responses differ only in how a tool names itself
+    (`name_of`) and how a forced tool is written (`forced_choice`)."""
     choice = body.get("tool_choice")
-    if choice is None:
-        return None, False, tools
     if not isinstance(choice, dict):
-        raise InvalidRequest("tool_choice: must be an object")
+        return None, False, tools
     ctype = choice.get("type")
     disable_parallel = choice.get("disable_parallel_tool_use") is True
-    if ctype == "auto":
-        return "auto", disable_parallel, tools
-    if ctype == "none":
-        return "none", disable_parallel, tools
+    if ctype in ("auto", "none"):
+        return ctype, disable_parallel, tools
     if ctype == "any":
         return ("auto" if caps.no_forced_tool_choice else "required"), disable_parallel, tools
-    if ctype == "tool":
-        name = choice.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("tool_choice.name: must be a non-empty string")
-        if caps.no_forced_tool_choice:
-            return "auto", disable_parallel, tools
-        up_name = upstream_tool_name(name)
-        forced = [t for t in tools if t["function"]["name"] == up_name]
+    if ctype == "tool" and not caps.no_forced_tool_choice:
+        up_name = upstream_tool_name(choice["name"])
+        forced = [t for t in tools if name_of(t) == up_name]
         if not forced:
             # A server tool (web_search, ...) that was dropped: forcing a function the body
             # does not define is a 400 upstream; let the model choose instead.
@@ -590,10 +598,11 @@ def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any
         if caps.string_tool_choice:
             # The server ignores an object here (llama.cpp answers as if "auto"); "required"
             # over a list holding only the forced tool means the same thing.
-            log.debug("tool_choice %r sent as \"required\" with only that tool (string_tool_choice)", name)
+            log.debug("tool_choice %r sent as \"required\" with only that tool (string_tool_choice)",
+                      choice["name"])
             return "required", disable_parallel, forced
-        return {"type": "function", "function": {"name": up_name}}, disable_parallel, tools
-    raise InvalidRequest(f"tool_choice.type: must be one of 'auto', 'any', 'tool', 'none', got {ctype!r}")
+        return forced_choice(up_name), disable_parallel, tools
+    return "auto", disable_parallel, tools
 
 
 def _max_tokens(value: int, caps: Capabilities) -> int:
@@ -707,7 +716,9 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
 
     tools = _tools(body, caps, name_map)
     if tools:                        # vLLM rejects tools: []; tool_choice needs tools (§1.1)
-        choice, disable_parallel, out["tools"] = _tool_choice(body, caps, tools)
+        choice, disable_parallel, out["tools"] = choose_tool(
+            body, caps, tools, lambda t: t["function"]["name"],
+            lambda name: {"type": "function", "function": {"name": name}})
         if choice is not None:
             out["tool_choice"] = choice
         if disable_parallel and not caps.no_parallel_param:

@@ -16,7 +16,6 @@ carries the whole history.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 from clasp.translate.capabilities import Capabilities
@@ -28,13 +27,11 @@ from clasp.translate.names import upstream_tool_id, upstream_tool_name
 from clasp.translate.request import (_EFFORTS, _OPENAI_EFFORT, EMPTY_RESULT, INTERRUPTED_RESULT,
                                      TOOL_ERROR_PREFIX, _check_base64, _content_text, _custom_tools,
                                      _dumps_args, _image_omitted, _image_url, _is_int, _max_tokens,
-                                     _summary_part, _system_text, _tool_result_id, _tool_use_fields,
-                                     validate_request)
+                                     _summary_part, _system_text, _tool_use_fields, answered_results,
+                                     choose_tool, split_user_turn, validate_request)
 from clasp.translate.responses_common import decode_reasoning_signature
 from clasp.translate.schema import responses_tool
 from clasp.translate.tokens import estimate_tokens
-
-log = logging.getLogger("clasp")
 
 __all__ = ["translate_responses_request", "REASONING_INCLUDE", "MIN_OUTPUT_TOKENS"]
 
@@ -203,33 +200,13 @@ class _Builder:
                 "name": up_name, "arguments": _dumps_args(block.get("input"))}
 
     def user(self, content: Any, where: str) -> None:
-        parts: list[dict] = []
-        results: list[tuple[int, dict]] = []
-        if isinstance(content, str):
-            if content.strip():
-                parts.append(_input_text(content))
-        else:
-            for i, block in enumerate(content):
-                btype = block["type"]
-                if btype == "tool_result":
-                    results.append((i, block))
-                else:
-                    part = self.user_part(block, btype, f"{where}.content.{i}")
-                    if part is not None:
-                        parts.append(part)
-
+        parts, results = split_user_turn(content, where, _input_text, self.user_part)
         if self.pending:
-            pending = set(self.pending)
-            answered: set[str] = set()
-            for i, block in results:
-                call_id = upstream_tool_id(_tool_result_id(block, f"{where}.content.{i}"),
-                                           self.caps.mistral_ids)
-                if call_id not in pending or call_id in answered:
-                    continue                     # orphan or duplicate result: upstream would 400
-                answered.add(call_id)
+            answered = answered_results(results, self.pending, where, self.caps.mistral_ids)
+            for i, block, call_id in answered:
                 self.items.append({"type": "function_call_output", "call_id": call_id,
                                    "output": self.tool_output(block, f"{where}.content.{i}")})
-            self.close_pending(answered)
+            self.close_pending({call_id for _, _, call_id in answered})
         # else: results without a preceding call are orphans and are dropped (§1.6.4).
 
         if not parts:
@@ -316,31 +293,6 @@ class _Builder:
         return self.items
 
 
-def _tool_choice(body: dict, caps: Capabilities, tools: list[dict]) -> tuple[Any, bool, list[dict]]:
-    """(Responses tool_choice or None, disable_parallel, tools to send), by request._tool_choice's
-    rules (validated by validate_request)."""
-    choice = body.get("tool_choice")
-    if not isinstance(choice, dict):
-        return None, False, tools
-    ctype = choice.get("type")
-    disable_parallel = choice.get("disable_parallel_tool_use") is True
-    if ctype in ("auto", "none"):
-        return ctype, disable_parallel, tools
-    if ctype == "any":
-        return ("auto" if caps.no_forced_tool_choice else "required"), disable_parallel, tools
-    if ctype == "tool" and not caps.no_forced_tool_choice:
-        up_name = upstream_tool_name(choice["name"])
-        forced = [t for t in tools if t["name"] == up_name]
-        if not forced:
-            return "auto", disable_parallel, tools     # a dropped server tool: cannot be forced
-        if caps.string_tool_choice:
-            log.debug("tool_choice %r sent as \"required\" with only that tool (string_tool_choice)",
-                      choice["name"])
-            return "required", disable_parallel, forced
-        return {"type": "function", "name": up_name}, disable_parallel, tools
-    return "auto", disable_parallel, tools
-
-
 def _reasoning(body: dict, caps: Capabilities) -> dict | None:
     """`reasoning` for thinking / output_config.effort: effort as request.py maps it for
     reasoning_style "openai" (the Responses API has that one shape), and a summary when the
@@ -410,7 +362,8 @@ def translate_responses_request(body: dict, upstream_model: str,
             name_map[entry["name"]] = tool["name"]
         tools.append(entry)
     if tools:                        # tool_choice needs tools, as in Chat Completions
-        choice, disable_parallel, out["tools"] = _tool_choice(body, caps, tools)
+        choice, disable_parallel, out["tools"] = choose_tool(
+            body, caps, tools, lambda t: t["name"], lambda name: {"type": "function", "name": name})
         if choice is not None:
             out["tool_choice"] = choice
         if disable_parallel and not caps.no_parallel_param:
