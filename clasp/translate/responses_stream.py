@@ -21,8 +21,7 @@ import json
 import logging
 from typing import Any
 
-from .common import anthropic_usage, completion_tokens, message_id as _new_message_id, parse_tool_arguments, tool_use_id
-from .errors import ProxyError
+from .common import anthropic_usage, completion_tokens, parse_tool_arguments, tool_use_id
 from .jsontext import json_str
 from .responses_response import (
     ITEM_KINDS,
@@ -36,14 +35,13 @@ from .responses_response import (
     responses_stop_reason,
     responses_usage,
 )
-from .stream import _error_event
+from .stream import AnthropicEventStream
 
 __all__ = ["ResponsesStreamTranslator"]
 
 log = logging.getLogger("clasp.translate")
 
 _DELTA_EVENT = "content_block_delta"
-_STOP_EVENT = "content_block_stop"
 
 
 class _Item:
@@ -87,18 +85,11 @@ class _Item:
                 self.call_id = call_id
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(AnthropicEventStream):
     """Anthropic event grammar (PROTOCOL §3.1) from a Responses API event stream."""
 
     def __init__(self, ctx: Any, caps: Any, message_id: str | None = None, *, provider: str = "") -> None:
-        self.ctx = ctx
-        self.caps = caps
-        self.provider = provider                # prefixes mid-stream error messages (§4)
-        self.message_id = message_id or _new_message_id()
-        self._show_thinking = bool(getattr(ctx, "show_thinking", False))
-        self._buffer_tools = bool(getattr(caps, "buffer_tool_args", False))
-        self._name_map: dict = getattr(ctx, "name_map", None) or {}
-        self._estimated_input = int(getattr(ctx, "estimated_input_tokens", 0) or 0)
+        self._init_events(ctx, caps, message_id, provider)
         stops = [s for s in (getattr(ctx, "stop_sequences", None) or []) if isinstance(s, str) and s]
         self._stops = stops
         # Proper prefixes of the stop sequences: a text tail equal to one is held back.
@@ -111,60 +102,21 @@ class ResponsesStreamTranslator:
         self._order: list[_Item] = []           # first-seen order = block order
         self._pos = 0                           # items before this are finished
         self._live: _Item | None = None         # the item whose deltas stream now
-        self._next_index = 0
-        self._open_kind: str | None = None      # "thinking" | "text" | "tool"
-        self._open_index = -1
-        self._open_tool: _Item | None = None
         self._ws = ""                           # leading whitespace of a text block not yet opened
         self._held = ""                         # text tail that may begin a stop sequence
         self._stopped = False                   # a stop sequence matched: emit nothing more
         self._matched: str | None = None
-        self._seen_ids: set[str] = set()
-        self._tool_blocks = 0
-
-        self._finish_reason: str | None = None
-        self._raw_usage: dict | None = None     # chat-shaped (responses_usage)
-        self.output_chars = 0
-        self.started = False
-        self.done = False
         self.usage: dict | None = None
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The terminal status once a terminal event arrived: completed, incomplete, failed, error."""
-        return self._finish_reason
-
-    @property
-    def tool_count(self) -> int:
-        """Tool-use blocks emitted so far (for metrics)."""
-        return self._tool_blocks
-
-    @property
-    def has_upstream_usage(self) -> bool:
-        """True once a response object carried usage."""
-        return self._raw_usage is not None
 
     def start(self) -> list[dict]:
         """[message_start] (estimated input tokens, output 1); before any upstream event."""
         if self.started:
             return []
         self.started = True
-        return [{
-            "type": "message_start",
-            "message": {
-                "id": self.message_id,
-                "type": "message",
-                "role": "assistant",
-                "model": getattr(self.ctx, "requested_model", ""),
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": self._estimated_input, "output_tokens": 1,
-                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
-            },
-        }]
+        return [self._message_start({"input_tokens": self._estimated_input, "output_tokens": 1,
+                                     "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})]
 
     def feed(self, event: dict) -> list[dict]:
         """Translate one parsed Responses event (the JSON of its data line); returns the events
@@ -205,23 +157,8 @@ class ResponsesStreamTranslator:
                                                               "response was complete (no response.completed)"}))
         return out
 
-    def fail(self, error: dict | ProxyError) -> list[dict]:
-        """Terminal error event. An open block is stopped first unless it is a tool with
-        incomplete arguments (the client would run a half-built call); no message_stop."""
-        if self.done:
-            return []
-        out: list[dict] = []
-        if self._open_kind is not None:
-            tool = self._open_tool
-            if tool is not None and not _is_json(tool.args()):
-                self._open_kind = None
-                self._open_tool = None
-            else:
-                self._close_open(out)
-        out.append(_error_event(error))
-        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
-        self.done = True
-        return out
+    def _tool_complete(self, tool: _Item) -> bool:
+        return _is_json(tool.args())
 
     # ------------------------------------------------------------------ items
 
@@ -502,28 +439,6 @@ class ResponsesStreamTranslator:
                     "delta": {"type": "text_delta", "text": t}})
 
     # ------------------------------------------------------------------ blocks
-
-    def _open_block(self, kind: str, block: dict, out: list[dict]) -> None:
-        if self._open_kind is not None:
-            self._close_open(out)
-        index = self._next_index
-        self._next_index = index + 1
-        self._open_kind = kind
-        self._open_index = index
-        out.append({"type": "content_block_start", "index": index, "content_block": block})
-
-    def _close_open(self, out: list[dict], signature: str = "") -> None:
-        kind = self._open_kind
-        if kind is None:
-            return
-        if kind == "thinking":
-            # Claude Code expects a signature before a thinking block closes: clasp's own
-            # (reasoning round trip) or "", never a fake one.
-            out.append({"type": _DELTA_EVENT, "index": self._open_index,
-                        "delta": {"type": "signature_delta", "signature": signature}})
-        out.append({"type": _STOP_EVENT, "index": self._open_index})
-        self._open_kind = None
-        self._open_tool = None
 
     # ------------------------------------------------------------------ event handlers
 

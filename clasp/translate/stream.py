@@ -77,57 +77,35 @@ class _Tool:
         return self.complete
 
 
-class StreamTranslator:
-    """State machine of PROTOCOL §3.3 for one streamed response."""
+class AnthropicEventStream:
+    """The Anthropic side every stream translator shares (PROTOCOL §3.1): the message_start
+    envelope, one open content block at a time with indices in order, the terminal error event,
+    and the state the relay reads. Subclasses translate one upstream dialect into it."""
 
-    def __init__(self, ctx: Any, caps: Any, message_id: str | None = None, *,
-                 provider: str = "upstream") -> None:
+    def _init_events(self, ctx: Any, caps: Any, message_id: str | None, provider: str) -> None:
         self.ctx = ctx
         self.caps = caps
         self.provider = provider                # prefixes mid-stream error messages (§4)
         self.message_id = message_id or _new_message_id()
         self._show_thinking = bool(getattr(ctx, "show_thinking", False))
-        self._think_tags = bool(getattr(caps, "think_tags", False))
         self._buffer_tools = bool(getattr(caps, "buffer_tool_args", False))
         self._name_map: dict = getattr(ctx, "name_map", None) or {}
         self._estimated_input = int(getattr(ctx, "estimated_input_tokens", 0) or 0)
-
         self._next_index = 0
         self._open_kind: str | None = None      # "thinking" | "text" | "tool"
         self._open_index = -1
-        self._open_tool: _Tool | None = None
-        self._tools: list[_Tool] = []           # first-seen order
-        self._slots: dict = {}                  # index (or id/position) -> current _Tool
-        self._slot_ids: dict = {}               # (slot, upstream id) -> _Tool
-        self._queued: list[_Tool] = []
-        self._ws_buf = ""
-        self._pending_text: list[str] = []
-        self._pending_thinking: list[str] = []
+        self._open_tool: Any = None             # the dialect's tool state while a tool block is open
         self._seen_ids: set[str] = set()
         self._tool_blocks = 0
-        self._think_state = 0 if self._think_tags else 2   # 0 undecided, 1 inside <think>, 2 plain
-        self._think_buf = ""
-        self._strip_lead = False                # text right after </think>: drop leading whitespace
-
         self._finish_reason: str | None = None
-        self._matched_stop: object = None
-        self._raw_usage: dict | None = None
+        self._raw_usage: dict | None = None     # chat-shaped upstream usage, once reported
         self.output_chars = 0
         self.started = False
         self.done = False
-        self.usage: dict = {
-            "input_tokens": self._estimated_input,
-            "output_tokens": 1,
-            "cache_read_input_tokens": 0,
-            "cache_creation_input_tokens": 0,
-        }
-
-    # ------------------------------------------------------------------ public API
 
     @property
     def finish_reason(self) -> str | None:
-        """The upstream finish_reason seen so far (the I/O layer may finalize once this and
-        usage are known, or after a short silence; PROTOCOL §3.3)."""
+        """How the upstream said it finished, once it did (the relay may then stop reading)."""
         return self._finish_reason
 
     @property
@@ -137,30 +115,103 @@ class StreamTranslator:
 
     @property
     def has_upstream_usage(self) -> bool:
-        """True once any chunk carried a usage object."""
+        """True once the upstream reported usage."""
         return self._raw_usage is not None
+
+    def _message_start(self, usage: dict) -> dict:
+        return {
+            "type": "message_start",
+            "message": {
+                "id": self.message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": getattr(self.ctx, "requested_model", ""),
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        }
+
+    def fail(self, error: dict | ProxyError) -> list[dict]:
+        """Terminal error event. An open block is stopped first unless it is a tool with
+        incomplete arguments (the client would run a half-built call); no message_stop."""
+        if self.done:
+            return []
+        out: list[dict] = []
+        if self._open_kind is not None:
+            tool = self._open_tool
+            if tool is not None and not self._tool_complete(tool):
+                self._open_kind = None
+                self._open_tool = None
+            else:
+                self._close_open(out)
+        out.append(_error_event(error))
+        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
+        self.done = True
+        return out
+
+    def _tool_complete(self, tool: Any) -> bool:
+        """Whether an open tool's arguments are complete JSON (the dialect knows its tool state)."""
+        raise NotImplementedError
+
+    def _open_block(self, kind: str, block: dict, out: list[dict]) -> None:
+        if self._open_kind is not None:
+            self._close_open(out)
+        index = self._next_index
+        self._next_index = index + 1
+        self._open_kind = kind
+        self._open_index = index
+        out.append({"type": "content_block_start", "index": index, "content_block": block})
+
+    def _close_open(self, out: list[dict], signature: str = "") -> None:
+        kind = self._open_kind
+        if kind is None:
+            return
+        if kind == "thinking":
+            # Claude Code expects a signature before a thinking block closes: clasp's own
+            # (Responses reasoning round trip) or "", never a fake one.
+            out.append({"type": _DELTA_EVENT, "index": self._open_index,
+                        "delta": {"type": "signature_delta", "signature": signature}})
+        out.append({"type": _STOP_EVENT, "index": self._open_index})
+        self._open_kind = None
+        self._open_tool = None
+
+
+class StreamTranslator(AnthropicEventStream):
+    """State machine of PROTOCOL §3.3 for one streamed response."""
+
+    def __init__(self, ctx: Any, caps: Any, message_id: str | None = None, *,
+                 provider: str = "upstream") -> None:
+        self._init_events(ctx, caps, message_id, provider)
+        self._think_tags = bool(getattr(caps, "think_tags", False))
+        self._tools: list[_Tool] = []           # first-seen order
+        self._slots: dict = {}                  # index (or id/position) -> current _Tool
+        self._slot_ids: dict = {}               # (slot, upstream id) -> _Tool
+        self._queued: list[_Tool] = []
+        self._ws_buf = ""
+        self._pending_text: list[str] = []
+        self._pending_thinking: list[str] = []
+        self._think_state = 0 if self._think_tags else 2   # 0 undecided, 1 inside <think>, 2 plain
+        self._think_buf = ""
+        self._strip_lead = False                # text right after </think>: drop leading whitespace
+        self._matched_stop: object = None
+        self.usage: dict = {
+            "input_tokens": self._estimated_input,
+            "output_tokens": 1,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        }
+
+    # ------------------------------------------------------------------ public API
+    # (finish_reason, tool_count, has_upstream_usage, fail: AnthropicEventStream)
 
     def start(self) -> list[dict]:
         """message_start (estimated input, output 1) and one ping; before any upstream chunk."""
         if self.started:
             return []
         self.started = True
-        return [
-            {
-                "type": "message_start",
-                "message": {
-                    "id": self.message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": getattr(self.ctx, "requested_model", ""),
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": dict(self.usage),
-                },
-            },
-            {"type": "ping"},
-        ]
+        return [self._message_start(dict(self.usage)), {"type": "ping"}]
 
     def feed(self, chunk: dict) -> list[dict]:
         """Translate one parsed upstream chunk; returns the events to send now."""
@@ -297,46 +348,10 @@ class StreamTranslator:
         self.done = True
         return out
 
-    def fail(self, error: dict | ProxyError) -> list[dict]:
-        """Terminal error event. An open block is stopped first unless it is a tool with
-        incomplete arguments (the client would run a half-built call); no message_stop."""
-        if self.done:
-            return []
-        out: list[dict] = []
-        if self._open_kind is not None:
-            tool = self._open_tool
-            if tool is not None and not tool.is_complete():
-                self._open_kind = None
-                self._open_tool = None
-            else:
-                self._close_open(out)
-        out.append(_error_event(error))
-        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
-        self.done = True
-        return out
-
     # ------------------------------------------------------------------ blocks
 
-    def _open_block(self, kind: str, block: dict, out: list[dict]) -> None:
-        if self._open_kind is not None:
-            self._close_open(out)
-        index = self._next_index
-        self._next_index = index + 1
-        self._open_kind = kind
-        self._open_index = index
-        out.append({"type": "content_block_start", "index": index, "content_block": block})
-
-    def _close_open(self, out: list[dict]) -> None:
-        kind = self._open_kind
-        if kind is None:
-            return
-        if kind == "thinking":
-            # Claude Code expects a signature before a thinking block closes; never a fake one.
-            out.append({"type": _DELTA_EVENT, "index": self._open_index,
-                        "delta": {"type": "signature_delta", "signature": ""}})
-        out.append({"type": _STOP_EVENT, "index": self._open_index})
-        self._open_kind = None
-        self._open_tool = None
+    def _tool_complete(self, tool: _Tool) -> bool:
+        return tool.is_complete()
 
     def _open_tool_incomplete(self) -> bool:
         tool = self._open_tool
