@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import http.client
 import io
 import json
@@ -341,3 +342,40 @@ def spawn_clasp(args: list[str], env: dict, timeout: float = 15, preexec_fn=None
                 proc.kill()
                 raise AssertionError("clasp did not start")
             time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ Anthropic streams
+
+def accumulate(events: list[dict]) -> dict:
+    """Rebuild the final message the way the SDK's messages.stream() does."""
+    msg = copy.deepcopy(events[0]["message"])
+    raw: dict[int, str] = {}
+    for ev in events[1:]:
+        et = ev["type"]
+        if et == "content_block_start":
+            block = dict(ev["content_block"])
+            msg["content"].append(block)
+            if block["type"] == "tool_use":
+                raw[ev["index"]] = ""
+        elif et == "content_block_delta":
+            block = msg["content"][ev["index"]]
+            d = ev["delta"]
+            if d["type"] == "text_delta":
+                block["text"] += d["text"]
+            elif d["type"] == "thinking_delta":
+                block["thinking"] += d["thinking"]
+            elif d["type"] == "signature_delta":
+                block["signature"] = d["signature"]
+            else:
+                raw[ev["index"]] += d["partial_json"]
+        elif et == "content_block_stop":
+            if ev["index"] in raw:
+                s = raw[ev["index"]]
+                msg["content"][ev["index"]]["input"] = json.loads(s) if s else {}
+        elif et == "message_delta":
+            msg["stop_reason"] = ev["delta"]["stop_reason"]
+            msg["stop_sequence"] = ev["delta"]["stop_sequence"]
+            for k, v in ev["usage"].items():
+                if k == "output_tokens" or v:
+                    msg["usage"][k] = v
+    return msg

@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from harness import accumulate  # noqa: E402
 from responses_stream_fixtures import ENC, FIXTURES, Recorder, ResponsesFixture, sse, usage  # noqa: E402
 
 from clasp.translate.errors import ProxyError, error_event  # noqa: E402
@@ -145,40 +146,6 @@ def check_grammar(events: list[dict], tool_json: bool = True) -> None:
         else:
             raise AssertionError(f"unknown event {et}")
     assert ended, "stream not terminated by message_stop or error"
-
-
-def accumulate(events: list[dict]) -> dict:
-    """Rebuild the final message the way the SDK's messages.stream() does."""
-    msg = copy.deepcopy(events[0]["message"])
-    raw: dict[int, str] = {}
-    for ev in events[1:]:
-        et = ev["type"]
-        if et == "content_block_start":
-            msg["content"].append(dict(ev["content_block"]))
-            if ev["content_block"]["type"] == "tool_use":
-                raw[ev["index"]] = ""
-        elif et == "content_block_delta":
-            block = msg["content"][ev["index"]]
-            d = ev["delta"]
-            if d["type"] == "text_delta":
-                block["text"] += d["text"]
-            elif d["type"] == "thinking_delta":
-                block["thinking"] += d["thinking"]
-            elif d["type"] == "signature_delta":
-                block["signature"] = d["signature"]
-            else:
-                raw[ev["index"]] += d["partial_json"]
-        elif et == "content_block_stop":
-            if ev["index"] in raw:
-                s = raw[ev["index"]]
-                msg["content"][ev["index"]]["input"] = json.loads(s) if s else {}
-        elif et == "message_delta":
-            msg["stop_reason"] = ev["delta"]["stop_reason"]
-            msg["stop_sequence"] = ev["delta"]["stop_sequence"]
-            for k, v in ev["usage"].items():
-                if k == "output_tokens" or v:
-                    msg["usage"][k] = v
-    return msg
 
 
 def texts(events: list[dict]) -> str:
