@@ -109,9 +109,6 @@ class ServerRegistry:
         self._failed_at: dict[str, float] = {}
         self._probing: dict[str, asyncio.Future] = {}
 
-    def cached(self, target: Target) -> ServerInfo:
-        return self._known.get(target.name, UNKNOWN)
-
     async def info(self, target: Target) -> ServerInfo:
         if not self.enabled or target.provider != "custom":
             return UNKNOWN
