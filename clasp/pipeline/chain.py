@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Awaitable, TypeVar, Union
 
-from clasp.config import Config
+from clasp.config import Config, ConfigError
 from clasp.ops.logs import DebugLog
 from clasp.ops.metrics import Metrics
 from clasp.pipeline.exchange import CachedResponse, Exchange
@@ -15,7 +15,7 @@ from clasp.pipeline.wire import invalid, payload_bytes, scrub
 from clasp.resilience.breaker import CircuitBreaker
 from clasp.resilience.queue import QueueFull, QueueTimeout, RequestQueue
 from clasp.resilience.retry import RetryPolicy
-from clasp.routing.providers import Route
+from clasp.routing.providers import Route, Router
 from clasp.translate.capabilities import Capabilities, capabilities_for
 from clasp.translate.context import RequestContext
 from clasp.translate.errors import InvalidRequest, ProxyError, map_transport_error, map_upstream_error
@@ -28,6 +28,15 @@ _UNAVAILABLE = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 # What the chain yields: a cache hit, or the route that answered with its 2xx response.
 Obtained = Union[CachedResponse, "tuple[Route, RequestContext, Capabilities, UpstreamResponse, str | None]"]
+
+
+def routes_for(router: Router, model: str) -> list[Route]:
+    """The routes to try for a requested model; 400 for one this proxy does not offer (a
+    "provider,model" the clients may not choose, or naming a provider without credentials)."""
+    try:
+        return router.resolve(model)
+    except ConfigError as e:
+        raise invalid(f"model {model!r} is not available: {e}") from None
 
 
 def is_unavailable(outcome: object) -> bool:

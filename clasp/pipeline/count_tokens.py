@@ -3,8 +3,7 @@ vLLM), else the local estimate. Never an upstream model call."""
 
 from __future__ import annotations
 
-from clasp.config import ConfigError
-from clasp.pipeline.chain import UpstreamChain
+from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.wire import JSON_HEADER, invalid, json_bytes, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
@@ -38,15 +37,15 @@ class CountTokens:
         except InvalidRequest as e:
             await send_error(resp, invalid(str(e)))
             return
+        except ProxyError as err:  # a model this proxy does not offer
+            await send_error(resp, err)
+            return
         await resp.send(200, headers, json_bytes({"input_tokens": tokens}))
 
     async def _count(self, body: dict) -> int:
         """Translated as /v1/messages would be (the same validation: a malformed body is a 400 on
         both), then counted by the upstream when it can, else estimated."""
-        try:
-            route = self.router.resolve(body["model"])[0]
-        except ConfigError as e:  # the same answer as /v1/messages (choice off, no credentials)
-            raise InvalidRequest(f"model {body['model']!r} is not available: {e}") from None
+        route = routes_for(self.router, body["model"])[0]  # the same answer as /v1/messages
         servers = self.chain.servers
         server = await servers.info(route.target)
         upstream_body, ctx = translate_request(body, route.model, self.chain.caps_for(route, server))

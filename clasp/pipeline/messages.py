@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from clasp.config import ConfigError
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.metrics import NOT_ROUTED, Metrics
-from clasp.pipeline.chain import UpstreamChain
+from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.exchange import CachedResponse, Exchange
 from clasp.pipeline.relay import Relay
 from clasp.pipeline.wire import JSON_HEADER, invalid, parse_body, send_error
@@ -83,11 +82,7 @@ class MessagesPipeline:
         ex.requested_model = model
         ex.stream = body.get("stream") is True
         # route
-        try:
-            routes = self.router.resolve(model)
-        except ConfigError as e:  # "provider,model" naming a provider without credentials
-            raise ProxyError(400, "invalid_request_error", f"model {model!r} is not available: {e}",
-                             {"x-should-retry": "false"}, False) from None
+        routes = routes_for(self.router, model)
         # chain: cache, queue, breaker, retries, fallback.
         # The parsed client body (~120 KB for a Claude Code request) is handed over in a box
         # that the chain empties once every route is translated: with hundreds of concurrent
