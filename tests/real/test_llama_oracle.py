@@ -27,7 +27,6 @@ max_output_tokens, so clasp sends 16).
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import urllib.error
@@ -35,7 +34,7 @@ import urllib.request
 
 import pytest
 
-from harness import spawn_clasp
+from harness import accumulate as rebuild, spawn_clasp
 
 MSG_ID = re.compile(r"msg_[A-Za-z0-9]{24}")
 TOOLS = [{"name": "get_weather", "description": "Get the weather for a city",
@@ -97,27 +96,12 @@ def post_stream(base: str, body: dict, timeout: float = 180) -> tuple[list[dict]
 
 
 def accumulate(events: list[dict]) -> dict:
+    """The message an SDK rebuilds from the events, once the grammar is checked."""
     kinds = [e["type"] for e in events if e["type"] != "ping"]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop", kinds
-    message = copy.deepcopy(events[0]["message"])
-    partial: dict[int, str] = {}
-    for e in events[1:]:
-        if e["type"] == "content_block_start":
-            message["content"].append(copy.deepcopy(e["content_block"]))
-        elif e["type"] == "content_block_delta":
-            block, delta = message["content"][e["index"]], e["delta"]
-            if delta["type"] == "text_delta":
-                block["text"] += delta["text"]
-            elif delta["type"] == "input_json_delta":
-                partial[e["index"]] = partial.get(e["index"], "") + delta["partial_json"]
-        elif e["type"] == "content_block_stop" and e["index"] in partial:
-            message["content"][e["index"]]["input"] = json.loads(partial.pop(e["index"]) or "{}")
-        elif e["type"] == "message_delta":
-            message.update(e["delta"])
-            message["usage"] = {**message.get("usage", {}), **e.get("usage", {})}
-        elif e["type"] == "error":
-            raise AssertionError(f"stream error: {e}")
-    return message
+    errors = [e for e in events if e["type"] == "error"]
+    assert not errors, f"stream error: {errors}"
+    return rebuild(events)
 
 
 def essence(message: dict, stop_sequence: bool = True) -> dict:
