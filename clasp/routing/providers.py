@@ -267,6 +267,11 @@ class Router:
                 routes.append(_route(fb, fb.model_for(tier, primary.model), tier))
         return routes
 
+    def route_to(self, provider: str, model: str, api: str = "") -> Route:
+        """A route to `model` on the configured target of `provider` (built on demand, raising
+        ConfigError naming what is missing); `api` forces a dialect, else the target's decides."""
+        return _route(self._target_for_provider(provider), model, None, api)
+
     def _target_for_provider(self, provider: str) -> Target:
         if self.primary.provider == provider:
             return self.primary
