@@ -13,9 +13,7 @@ import pytest
 
 from harness import FakeUpstream, Proxy, Reply, accumulate, json_reply, sse_reply
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "claude-code" / "web_search"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/claude-code/web_search")
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code" / "web_search"
 SIDE_REQUEST = json.loads((FIXTURES / "web_search_request.json").read_text())
 _SKIP_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
 SIDE_HEADERS = {k: v for k, v in json.loads((FIXTURES / "web_search_request_headers.json").read_text())["headers"]
