@@ -173,7 +173,7 @@ def add_search_options(upstream: dict, style: str, api: str, search: WebSearchRe
     elif style == "chat":
         # search models take no tools and no sampling parameters
         for key in ("tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p",
-                    "presence_penalty", "frequency_penalty", "n", "logprobs", "top_logprobs"):
+                    "presence_penalty", "frequency_penalty", "n", "logprobs", "top_logprobs", "reasoning_effort"):
             body.pop(key, None)
         options: dict = {}
         if loc:
