@@ -313,3 +313,13 @@ def test_an_upstream_error_reaches_claude_code_as_an_api_error(lt, upstream, pro
     status, _, out = side_request(p, True)
     assert status == 400 and out["message"]["type"] == "error"
     assert "web_search is not enabled" in out["message"]["error"]["message"]
+
+
+def test_an_https_web_search_target_keeps_tls_loadable():
+    # main target plain http, clients may not choose: only the web-search target speaks https
+    from clasp.config import load_config
+    from clasp.routing.providers import may_use_tls
+    env = {"HOME": "/nonexistent", "CUSTOM_BASE_URL": "http://127.0.0.1:11434/v1", "OPENAI_API_KEY": "sk-x"}
+    off = ["-provider", "custom", "-client-model-choice", "off"]
+    assert may_use_tls(load_config(off, env)[0]) is False
+    assert may_use_tls(load_config([*off, "-web-search", "openai,gpt-5-mini"], env)[0]) is True
