@@ -116,6 +116,9 @@ class WebSearch:
     async def _unavailable(self, box: list[dict], search: WebSearchRequest, route: Route, resp: Responder,
                            ex: Exchange, headers: list[tuple[str, str]]) -> None:
         reason = f"{route.target.provider} model {route.model!r} has no native web search"
+        if route.target.provider == "openai":
+            reason = (f"openai model {route.model!r} on Chat Completions has no web search (OpenAI searches "
+                      f"on the Responses API and with its -search- chat models)")
         if not self._warned:
             self._warned = True
             log.warning("web search requested, but %s; answering \"unavailable\" without calling the upstream. "
