@@ -18,7 +18,7 @@ from clasp.translate.errors import ProxyError, map_transport_error, map_upstream
 from clasp.translate.jsontext import nesting_exceeds
 from clasp.translate.response import translate_response
 from clasp.translate.sse import DEFAULT_MAX_EVENT_BYTES, SSEEventTooLarge, SSEParser, encode_event, encode_events
-from clasp.translate.stream import StreamTranslator, events_from_message
+from clasp.translate.stream import AnthropicEventStream, StreamTranslator, events_from_message
 from clasp.upstream.client import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("clasp")
@@ -116,18 +116,17 @@ class Relay:
 
     async def stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
                      caps: Capabilities, ex: Exchange, headers: list, api: str = "chat",
-                     translator: StreamTranslator | None = None) -> None:
+                     translator: AnthropicEventStream | None = None) -> None:
         """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
         drained before the next read, so memory stays bounded and events flow as they arrive.
         Chat Completions chunks or Responses API events: the same Anthropic events either way.
         A given `translator` (web search) replaces the dialect's."""
-        if translator is not None:
-            pass
-        elif api == "responses":
-            from clasp.translate.responses_stream import ResponsesStreamTranslator
-            translator = ResponsesStreamTranslator(ctx, caps, provider=ex.provider)
-        else:
-            translator = StreamTranslator(ctx, caps, provider=ex.provider)
+        if translator is None:
+            if api == "responses":
+                from clasp.translate.responses_stream import ResponsesStreamTranslator
+                translator = ResponsesStreamTranslator(ctx, caps, provider=ex.provider)
+            else:
+                translator = StreamTranslator(ctx, caps, provider=ex.provider)
         parser = SSEParser(self.max_sse_event_size)
         await resp.start(200, [*SSE_HEADERS, *headers])
         ex.status = 200
