@@ -26,6 +26,7 @@ from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.count_tokens import CountTokens
 from clasp.pipeline.messages import MessagesPipeline
 from clasp.pipeline.relay import Relay
+from clasp.pipeline.web_search import WebSearch
 from clasp.pipeline.wire import send_error, send_json
 from clasp.redaction import redact_variants, secret_variants
 from clasp.routing.providers import Router
@@ -80,7 +81,8 @@ class App:
                       secret_variants=variants, max_sse_event_size=cfg.max_sse_event_size)
         self.pipeline = MessagesPipeline(clock=clock, router=self.router, chain=chain, relay=relay,
                                          metrics=self.metrics, limiter=limiter, access_log=access_log,
-                                         debug_log=debug_log)
+                                         debug_log=debug_log,
+                                         web_search=WebSearch(cfg, self.router, chain, relay))
         self.count = CountTokens(self.router, chain, limiter)
         self.metrics.set_sources(
             breakers=(lambda: {name: b.state for name, b in chain.breakers.items()}) if cfg.circuit_breaker else None,

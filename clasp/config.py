@@ -76,6 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("openai_api", str, "auto", "CLASP_OPENAI_API", "openai-api",
        "upstream API dialect: chat (Chat Completions), responses (Responses API) or auto "
        "(responses for the models served only there: codex, -pro)"),
+    _s("web_search", str, "", "CLASP_WEB_SEARCH", "web-search",
+       "target of Claude Code's WebSearch requests: 'provider,model' with native web search "
+       "(e.g. openai,gpt-5-mini or openrouter,openai/gpt-4o-mini); default: the request's own target "
+       "when it can search"),
     _s("client_model_choice", str, "auto", "CLASP_CLIENT_MODEL_CHOICE", "client-model-choice",
        "let clients pick the provider ('provider,model') and pass other model names through: "
        "auto (on when listening on loopback without auth), on or off"),
@@ -227,6 +231,7 @@ class Config:
     model_aliases: str = ""
     model_flags: str = ""
     openai_api: str = "auto"
+    web_search: str = ""
     client_model_choice: str = "auto"
     openai_api_key: str = ""
     openai_base_url: str = "https://api.openai.com/v1"

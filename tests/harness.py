@@ -355,7 +355,7 @@ def accumulate(events: list[dict]) -> dict:
         if et == "content_block_start":
             block = dict(ev["content_block"])
             msg["content"].append(block)
-            if block["type"] == "tool_use":
+            if block["type"] in ("tool_use", "server_tool_use"):
                 raw[ev["index"]] = ""
         elif et == "content_block_delta":
             block = msg["content"][ev["index"]]
@@ -366,6 +366,8 @@ def accumulate(events: list[dict]) -> dict:
                 block["thinking"] += d["thinking"]
             elif d["type"] == "signature_delta":
                 block["signature"] = d["signature"]
+            elif d["type"] == "citations_delta":
+                block["citations"] = [*block.get("citations", []), d["citation"]]
             else:
                 raw[ev["index"]] += d["partial_json"]
         elif et == "content_block_stop":

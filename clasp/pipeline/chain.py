@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Awaitable, TypeVar, Union
+from typing import Awaitable, Callable, TypeVar, Union
 
 from clasp.config import Config, ConfigError
 from clasp.ops.logs import DebugLog
@@ -81,16 +81,18 @@ class UpstreamChain:
             self._caps[key] = caps
         return caps
 
-    async def obtain(self, box: list[dict], routes: list[Route], ex: Exchange) -> Obtained:
+    async def obtain(self, box: list[dict], routes: list[Route], ex: Exchange,
+                     shape: Callable[[dict, Route], dict] | None = None) -> Obtained:
         """Get a 2xx upstream response (or a cache hit), applying queue, breaker, retry, fallback.
         `box` holds the parsed client body; it is emptied once no route needs it any more.
 
         All of it is bounded by the first-byte timeout: the per-read timeout alone would let a hung
         upstream hold the request for (retries + 1) x read timeout, per fallback target. At expiry
-        the pending upstream call is cancelled (its connection closed) and the client gets a 504."""
+        the pending upstream call is cancelled (its connection closed) and the client gets a 504.
+        `shape(upstream_body, route)` (web search) adjusts each translated body before it is sent."""
         limit = self.cfg.first_byte_timeout
         try:
-            return await _before_deadline(self._obtain(box, routes, ex), limit)
+            return await _before_deadline(self._obtain(box, routes, ex, shape), limit)
         except _DeadlineExpired:
             where = ex.provider or "upstream"
             if ex.provider:
@@ -99,7 +101,8 @@ class UpstreamChain:
                              f"(first-byte timeout, -first-byte-timeout / CLASP_FIRST_BYTE_TIMEOUT)",
                              {}, False) from None
 
-    async def _obtain(self, box: list[dict], routes: list[Route], ex: Exchange) -> Obtained:
+    async def _obtain(self, box: list[dict], routes: list[Route], ex: Exchange,
+                      shape: Callable[[dict, Route], dict] | None = None) -> Obtained:
         prepared: dict[int, tuple] = {}
 
         def prepare(i: int, server: ServerInfo) -> tuple:
@@ -117,6 +120,8 @@ class UpstreamChain:
                 except InvalidRequest as e:
                     raise invalid(str(e)) from None
                 ctx.requested_model = ex.requested_model
+                if shape is not None:
+                    upstream_body = shape(upstream_body, route)
                 payload = payload_bytes(upstream_body)
                 cache_key = None
                 if self.cache is not None and not ctx.stream:

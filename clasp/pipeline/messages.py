@@ -1,6 +1,7 @@
 """POST /v1/messages, composed in order (auth happened at dispatch):
 
-    rate limit -> parse -> route -> chain (cache, queue, breaker, retries, fallback)
+    rate limit -> parse -> web search? (its own branch: web_search.py)
+               -> route -> chain (cache, queue, breaker, retries, fallback)
                -> relay (translate the whole response, or the stream as it arrives)
 """
 
@@ -14,6 +15,7 @@ from clasp.ops.metrics import NOT_ROUTED, Metrics
 from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.exchange import CachedResponse, Exchange
 from clasp.pipeline.relay import Relay
+from clasp.pipeline.web_search import WebSearch, web_search_request
 from clasp.pipeline.wire import JSON_HEADER, invalid, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
@@ -24,7 +26,7 @@ from clasp.translate.errors import InvalidRequest, ProxyError
 class MessagesPipeline:
     def __init__(self, *, clock: Callable[[], float], router: Router, chain: UpstreamChain, relay: Relay,
                  metrics: Metrics, limiter=None, access_log: AccessLog | None = None,
-                 debug_log: DebugLog | None = None) -> None:
+                 debug_log: DebugLog | None = None, web_search: WebSearch | None = None) -> None:
         self.clock = clock
         self.router = router
         self.chain = chain
@@ -33,6 +35,7 @@ class MessagesPipeline:
         self.limiter = limiter
         self.access_log = access_log
         self.debug_log = debug_log
+        self.web_search = web_search
 
     async def handle(self, req: Request, resp: Responder, client_id: str, *, consume: bool = False) -> None:
         """consume=True (the server's own Request): req.body is released once parsed."""
@@ -81,6 +84,15 @@ class MessagesPipeline:
             req.body = b""  # ~50 KB per request that a long stream would otherwise pin
         ex.requested_model = model
         ex.stream = body.get("stream") is True
+        # web search: Anthropic's web_search server tool (Claude Code's WebSearch) goes to a
+        # target with native search, or gets an honest "unavailable"
+        if self.web_search is not None:
+            search = web_search_request(body)
+            if search is not None:
+                box = [body]
+                body = None
+                await self.web_search.handle(box, search, resp, ex, extra_headers)
+                return
         # route
         routes = routes_for(self.router, model)
         # chain: cache, queue, breaker, retries, fallback.

@@ -18,7 +18,7 @@ from clasp.translate.errors import ProxyError, map_transport_error, map_upstream
 from clasp.translate.jsontext import nesting_exceeds
 from clasp.translate.response import translate_response
 from clasp.translate.sse import DEFAULT_MAX_EVENT_BYTES, SSEEventTooLarge, SSEParser, encode_event, encode_events
-from clasp.translate.stream import StreamTranslator, events_from_message
+from clasp.translate.stream import AnthropicEventStream, StreamTranslator, events_from_message
 from clasp.upstream.client import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("clasp")
@@ -45,7 +45,8 @@ class Relay:
 
     async def whole(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
                     caps: Capabilities, ex: Exchange, headers: list, cache_key: str | None,
-                    api: str = "chat") -> None:
+                    api: str = "chat", translate: Callable[[dict], dict] | None = None) -> None:
+        """`translate` (web search) replaces the dialect's response translator."""
         try:
             raw = await upstream.read()
         except UpstreamError as e:
@@ -77,7 +78,12 @@ class Relay:
                 raise ProxyError(502, "api_error", f"{ex.provider}: upstream returned a 2xx response without "
                                  f"a \"choices\" list of answers", {}, False)
         try:
-            if responses:
+            if translate is not None:
+                try:
+                    message = translate(data)
+                except ProxyError as err:  # a failed response under a 2xx
+                    raise scrub(err, self.secret_variants) from None
+            elif responses:
                 from clasp.translate.responses_response import translate_responses_response
                 try:
                     message = translate_responses_response(data, ctx, caps)
@@ -109,15 +115,18 @@ class Relay:
         await resp.send(200, [JSON_HEADER, *headers], body)
 
     async def stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,
-                     caps: Capabilities, ex: Exchange, headers: list, api: str = "chat") -> None:
+                     caps: Capabilities, ex: Exchange, headers: list, api: str = "chat",
+                     translator: AnthropicEventStream | None = None) -> None:
         """Relay upstream SSE as Anthropic SSE: each upstream read is translated, written and
         drained before the next read, so memory stays bounded and events flow as they arrive.
-        Chat Completions chunks or Responses API events: the same Anthropic events either way."""
-        if api == "responses":
-            from clasp.translate.responses_stream import ResponsesStreamTranslator
-            translator = ResponsesStreamTranslator(ctx, caps, provider=ex.provider)
-        else:
-            translator = StreamTranslator(ctx, caps, provider=ex.provider)
+        Chat Completions chunks or Responses API events: the same Anthropic events either way.
+        A given `translator` (web search) replaces the dialect's."""
+        if translator is None:
+            if api == "responses":
+                from clasp.translate.responses_stream import ResponsesStreamTranslator
+                translator = ResponsesStreamTranslator(ctx, caps, provider=ex.provider)
+            else:
+                translator = StreamTranslator(ctx, caps, provider=ex.provider)
         parser = SSEParser(self.max_sse_event_size)
         await resp.start(200, [*SSE_HEADERS, *headers])
         ex.status = 200

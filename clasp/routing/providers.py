@@ -267,6 +267,11 @@ class Router:
                 routes.append(_route(fb, fb.model_for(tier, primary.model), tier))
         return routes
 
+    def route_to(self, provider: str, model: str, api: str = "") -> Route:
+        """A route to `model` on the configured target of `provider` (built on demand, raising
+        ConfigError naming what is missing); `api` forces a dialect, else the target's decides."""
+        return _route(self._target_for_provider(provider), model, None, api)
+
     def _target_for_provider(self, provider: str) -> Target:
         if self.primary.provider == provider:
             return self.primary
@@ -282,6 +287,12 @@ def may_use_tls(cfg: Config) -> bool:
     """True if a request could reach an https upstream: a configured target, or (when clients
     may choose) one that a "provider,model" request builds on demand from the credentials at hand."""
     urls = [t.url for t in Router(cfg).targets.values()]
+    search_provider = cfg.web_search.partition(",")[0].partition("@")[0].strip()
+    if search_provider in PROVIDERS:  # the -web-search target, built on demand
+        try:
+            urls.append(build_target(search_provider, cfg).url)
+        except ConfigError:
+            pass  # start-up reports it
     for provider in PROVIDERS if cfg.client_chooses_model else ():
         try:
             urls.append(build_target(provider, cfg).url)

@@ -594,9 +594,27 @@ def events_from_message(message: dict) -> list[dict]:
     for i, block in enumerate(message["content"]):
         kind = block["type"]
         if kind == "text":
-            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+            citations = block.get("citations")
+            start: dict = {"type": "text", "text": ""}
+            if citations is not None:  # a cited block: its citations come before its text
+                start = {"citations": [], "type": "text", "text": ""}
+            events.append({"type": "content_block_start", "index": i, "content_block": start})
+            for citation in citations or ():
+                events.append({"type": "content_block_delta", "index": i,
+                               "delta": {"type": "citations_delta", "citation": citation}})
             events.append({"type": "content_block_delta", "index": i,
                            "delta": {"type": "text_delta", "text": block["text"]}})
+        elif kind == "server_tool_use":
+            # as Anthropic streams it: input {} at the start, then the input as JSON deltas
+            events.append({"type": "content_block_start", "index": i,
+                           "content_block": {"type": "server_tool_use", "id": block["id"], "name": block["name"],
+                                             "input": {}}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "input_json_delta", "partial_json": ""}})
+            events.append({"type": "content_block_delta", "index": i,
+                           "delta": {"type": "input_json_delta", "partial_json": _dumps(block["input"])}})
+        elif kind == "web_search_tool_result":
+            events.append({"type": "content_block_start", "index": i, "content_block": block})  # whole
         elif kind == "thinking":
             events.append({"type": "content_block_start", "index": i,
                            "content_block": {"type": "thinking", "thinking": ""}})

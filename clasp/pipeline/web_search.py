@@ -1,0 +1,138 @@
+"""The web-search branch of POST /v1/messages (issue 14): a request whose tools hold Anthropic's
+web_search server tool (Claude Code's WebSearch side request) goes to a target with native web
+search, with that search turned on, and its reply becomes server_tool_use /
+web_search_tool_result blocks and cited text (translate/web_search.py).
+
+Where it goes: the web-search target (-web-search provider,model / CLASP_WEB_SEARCH), else the
+request's own target when its provider searches natively. Without either the client gets an
+honest `unavailable` search result naming the setting, without any upstream call, and the log
+one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from clasp.config import APIS, PROVIDERS, Config, ConfigError
+from clasp.pipeline.chain import UpstreamChain, routes_for
+from clasp.pipeline.exchange import CachedResponse, Exchange
+from clasp.pipeline.relay import SSE_HEADERS, Relay
+from clasp.pipeline.wire import JSON_HEADER, json_bytes
+from clasp.routing.providers import Route, Router
+from clasp.server.http import Responder
+from clasp.translate.sse import encode_events
+from clasp.translate.stream import events_from_message
+from clasp.translate.tokens import estimate_tokens
+from clasp.translate.web_search import (
+    SETTING_HINT,
+    WebSearchRequest,
+    WebSearchStream,
+    add_search_options,
+    is_chat_search_model,
+    message_from_chat,
+    message_from_responses,
+    search_style,
+    unavailable_message,
+    web_search_request,
+)
+
+log = logging.getLogger("clasp")
+
+__all__ = ["WebSearch", "web_search_request"]
+
+
+def _configured_route(router: Router, value: str) -> tuple[Route, str]:
+    """-web-search "provider,model" (provider may be "provider@api") -> (route, search style)."""
+    head, comma, model = value.partition(",")
+    provider, at, api = head.strip().partition("@")
+    model = model.strip()
+    if not comma or provider not in PROVIDERS or not model or (at and api not in APIS):
+        raise ConfigError(f"web search target must be 'provider,model' (provider one of {', '.join(PROVIDERS)}, "
+                          f"optionally provider@api), got {value!r} (CLASP_WEB_SEARCH / -web-search)")
+    if provider == "openai" and not api and not is_chat_search_model(model):
+        api = "responses"  # OpenAI's web_search tool exists only in the Responses API
+    try:
+        route = router.route_to(provider, model, api)
+    except ConfigError as e:
+        raise ConfigError(f"CLASP_WEB_SEARCH: {e}") from None
+    style = search_style(provider, model, route.api)
+    if style is None and route.api == "responses":
+        style = "responses"  # a Responses server the user says has the web_search tool
+    if style is None:
+        raise ConfigError(f"CLASP_WEB_SEARCH: {provider} model {model!r} has no native web search clasp can use "
+                          f"(openai with the Responses API or a -search- chat model, openrouter, or a "
+                          f"provider@responses server with the web_search tool)")
+    return route, style
+
+
+class WebSearch:
+    def __init__(self, cfg: Config, router: Router, chain: UpstreamChain, relay: Relay) -> None:
+        self.router = router
+        self.chain = chain
+        self.relay = relay
+        self.target = _configured_route(router, cfg.web_search) if cfg.web_search else None
+        self._warned = False
+
+    def _route(self, requested: str) -> tuple[Route, str | None]:
+        """The route a web search goes to and its search style (None: no native search)."""
+        if self.target is not None:
+            return self.target
+        route = routes_for(self.router, requested)[0]
+        return route, search_style(route.target.provider, route.model, route.api)
+
+    async def handle(self, box: list[dict], search: WebSearchRequest, resp: Responder, ex: Exchange,
+                     headers: list[tuple[str, str]]) -> None:
+        """Answer one web-search request. `box` holds the parsed client body (emptied once translated)."""
+        route, style = self._route(ex.requested_model)
+        if style is None:
+            await self._unavailable(box, search, route, resp, ex, headers)
+            return
+
+        def shape(upstream_body: dict, r: Route) -> dict:
+            return add_search_options(upstream_body, style, r.api, search)
+
+        outcome = await self.chain.obtain(box, [route], ex, shape)  # no fallback: it may not search
+        if isinstance(outcome, CachedResponse):
+            ex.cache, ex.status = "HIT", 200
+            ex.provider, ex.upstream_model = outcome.provider, outcome.upstream_model
+            await resp.send(200, [JSON_HEADER, *headers, ("x-clasp-provider", outcome.provider),
+                                  ("x-clasp-cache", "HIT")], outcome.body)
+            return
+        route, ctx, caps, upstream, cache_key = outcome
+        ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
+        headers = [*headers, ("x-clasp-provider", route.target.name)]
+        if cache_key is not None:
+            ex.cache = "MISS"
+            headers.append(("x-clasp-cache", "MISS"))
+        api = route.api
+        if ex.stream and "text/event-stream" in upstream.headers.get("content-type", ""):
+            translator = WebSearchStream(ctx, caps, search, api, provider=route.target.name)
+            await self.relay.stream(upstream, resp, ctx, caps, ex, headers, api, translator=translator)
+            return
+        translate = message_from_responses if api == "responses" else message_from_chat
+        await self.relay.whole(upstream, resp, ctx, caps, ex, headers, cache_key, api,
+                               translate=lambda data: translate(data, ctx, caps, search))
+
+    async def _unavailable(self, box: list[dict], search: WebSearchRequest, route: Route, resp: Responder,
+                           ex: Exchange, headers: list[tuple[str, str]]) -> None:
+        reason = f"{route.target.provider} model {route.model!r} has no native web search"
+        if route.target.provider == "openai":
+            reason = (f"openai model {route.model!r} on Chat Completions has no web search (OpenAI searches "
+                      f"on the Responses API and with its -search- chat models)")
+        if not self._warned:
+            self._warned = True
+            log.warning("web search requested, but %s; answering \"unavailable\" without calling the upstream. "
+                        "To enable it, %s", reason, SETTING_HINT)
+        message = unavailable_message(ex.requested_model, search, reason, estimate_tokens(box[0]))
+        box.clear()
+        ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
+        ex.status = 200
+        ex.book(message["usage"], 0)
+        headers = [*headers, ("x-clasp-provider", route.target.name)]
+        if ex.stream:
+            start = {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}}
+            await resp.start(200, [*SSE_HEADERS, *headers])
+            resp.write(encode_events([start, {"type": "ping"}, *events_from_message(message)]))
+            await resp.end()
+            return
+        await resp.send(200, [JSON_HEADER, *headers], json_bytes(message))
