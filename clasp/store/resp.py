@@ -279,8 +279,11 @@ class RedisClient:
             except BaseException as e:
                 if conn is not None:
                     conn.close()  # half-read or broken: never reused
-                if isinstance(e, (OSError, EOFError, asyncio.IncompleteReadError)):
-                    raise RedisConnectionError(f"{self.url.address}: {_describe(e)}") from None
+                where = self.url.address
+                if isinstance(e, (OSError, EOFError)):
+                    raise RedisConnectionError(f"{where}: {_describe(e)}") from None
+                if isinstance(e, RedisConnectionError) and where not in str(e):
+                    raise type(e)(f"{where}: {e}") from None
                 raise
             if len(self._idle) < self.pool_size and not self._closed:
                 self._idle.append(conn)
