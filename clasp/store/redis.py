@@ -156,9 +156,13 @@ class RedisStore:
 
     async def _flush_pending(self) -> None:
         while self._pending:
-            name, (fields, ttl) = next(iter(self._pending.items()))
-            await self._hincr(name, fields, ttl)
-            self._pending.pop(name, None)
+            name = next(iter(self._pending))
+            fields, ttl = self._pending.pop(name)  # increments made while this awaits start a new entry
+            try:
+                await self._hincr(name, fields, ttl)
+            except BaseException:
+                self._remember(name, fields, ttl)
+                raise
 
     def _remember(self, name: str, fields: dict[str, float], ttl_s: float | None) -> None:
         pending = self._pending.get(name)
