@@ -254,7 +254,7 @@ def test_outage_falls_back_to_process_state_then_recovers_and_keeps_the_counters
             assert await store.cache_get("k") is None                  # the cache misses
             await store.cache_put("k", b"v", 60)
             h = store.health()
-            assert h["status"] == "degraded" and h["errors"] >= 7 and "127.0.0.1" in h["error"]
+            assert h["status"] == "degraded" and h["errors"] >= 7 and "127.0.0.1" in store.last_error
             connections = server.connections
             for _ in range(20):                                        # no reconnect attempt per operation
                 await store.take("c", 1.0, 100)

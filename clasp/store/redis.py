@@ -279,11 +279,9 @@ class RedisStore:
             self._failed(e)
 
     def health(self) -> dict:
-        out = {"kind": self.kind, "status": "ok" if self.up else "degraded", "url": self.url.address,
-               "errors": self.errors, "fail_closed": self.fail_closed}
-        if not self.up:
-            out["error"] = self.last_error
-        return out
+        # /health is anonymous by default: no address or error text here (the log has them)
+        return {"kind": self.kind, "status": "ok" if self.up else "degraded", "errors": self.errors,
+                "fail_closed": self.fail_closed}
 
     async def close(self) -> None:
         self._closed = True
