@@ -76,6 +76,13 @@ class FakeRedis:
         self._writers.clear()
         await asyncio.sleep(0)
 
+    async def drop_connections(self) -> None:
+        """Close every client connection but keep listening (an idle timeout, a failover proxy)."""
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+        await asyncio.sleep(0.01)
+
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"

@@ -180,6 +180,25 @@ def test_unreachable_server_and_read_timeout_are_connection_errors():
     run(scenario())
 
 
+def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error():
+    async def scenario():
+        server = FakeRedis()
+        await server.start()
+        store = RedisStore(server.url)
+        try:
+            assert (await store.take("b", 1.0, 5)).remaining == 4
+            await server.drop_connections()              # e.g. the server's idle timeout
+            assert (await store.take("b", 1.0, 5)).remaining == 3    # Redis' bucket, not a local one
+            assert store.health()["status"] == "ok" and store.errors == 0
+            assert server.connections == 2
+            takes = [c for c in server.commands if c[0] in (b"EVALSHA", b"EVAL")]
+            assert len(takes) == 3                       # EVALSHA (NOSCRIPT), EVAL, then one EVALSHA: none twice
+        finally:
+            await store.close()
+            await server.stop()
+    run(scenario())
+
+
 def test_scripts_run_by_sha_and_are_sent_once_the_server_lacks_them():
     async def scenario():
         server = FakeRedis()

@@ -190,6 +190,10 @@ class _Incomplete(Exception):
     pass
 
 
+class _Closed(RedisConnectionError):
+    """The server closed the connection (EOF)."""
+
+
 def _int(line: bytes) -> int:
     try:
         return int(line)
@@ -206,9 +210,11 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.parser = RespParser()
+        self.received = False  # a reply byte for the current commands: a stale connection fails before one
 
     async def roundtrip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send the commands in one write and read one reply each (errors returned as RedisError)."""
+        self.received = False
         self.writer.write(b"".join(encode_command(c) for c in commands))
         await self.writer.drain()
         replies: list[Any] = []
@@ -218,7 +224,8 @@ class Connection:
             if value is RespParser.NEED_MORE:
                 data = await self.reader.read(65536)
                 if not data:
-                    raise RedisConnectionError("Redis closed the connection")
+                    raise _Closed("Redis closed the connection")
+                self.received = True
                 parser.feed(data)
                 continue
             replies.append(value)
@@ -272,11 +279,22 @@ class RedisClient:
             self._slots = asyncio.Semaphore(self.pool_size)
         async with self._slots:
             conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
             try:
                 if conn is None:
                     conn = await self._connect()
-                replies = await _within(conn.roundtrip(commands), self.timeout,
-                                        f"no reply from {self.url.address} within {self.timeout:g}s")
+                try:
+                    replies = await self._roundtrip(conn, commands)
+                except (OSError, EOFError, _Closed):
+                    if not reused or conn.received:
+                        raise
+                    # A pooled connection the server had closed (idle timeout, restart, failover):
+                    # nothing of it was answered, so nothing ran. Once more on a fresh connection.
+                    conn.close()
+                    self.drop_idle()
+                    conn = None
+                    conn = await self._connect()
+                    replies = await self._roundtrip(conn, commands)
             except BaseException as e:
                 if conn is not None:
                     conn.close()  # half-read or broken: never reused
@@ -291,6 +309,10 @@ class RedisClient:
             else:
                 conn.close()
             return replies
+
+    def _roundtrip(self, conn: Connection, commands: Sequence[Sequence[Any]]):
+        return _within(conn.roundtrip(commands), self.timeout,
+                       f"no reply from {self.url.address} within {self.timeout:g}s")
 
     async def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA, or EVAL when the server does not have the script cached."""
