@@ -81,7 +81,8 @@ def test_url_forms():
 
 
 @pytest.mark.parametrize("url", ["http://:pw-XYZ123@h", "redis://:pw-XYZ123@h/abc", "redis://:pw-XYZ123@/0",
-                                 "redis://:pw-XYZ123@h:99999", "rediss://:pw-XYZ123@h?ssl_cert_reqs=maybe"])
+                                 "redis://:pw-XYZ123@h:99999", "rediss://:pw-XYZ123@h?ssl_cert_reqs=maybe",
+                                 "redis://h?password=pw-XYZ123"])
 def test_bad_urls_are_refused_without_showing_the_password(url):
     with pytest.raises(ValueError) as e:
         parse_url(url)

@@ -26,6 +26,7 @@ __all__ = ["RedisClient", "RedisURL", "RedisError", "RedisConnectionError", "Scr
            "encode_command", "RespParser", "ProtocolError"]
 
 DEFAULT_PORT = 6379
+_OPTIONS = frozenset({"db", "ssl_ca_certs", "ssl_cert_reqs"})
 _MAX_BULK = 512 * 1024 * 1024  # Redis' own limit for one string
 
 
@@ -74,7 +75,10 @@ def parse_url(url: str) -> RedisURL:
     if path and not path.isdigit():
         raise ValueError(f"Redis URL database must be a number, got {path!r}")
     db = int(path) if path else 0
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:  # named, never their values (one could be a password)
+        raise ValueError(f"unknown Redis URL option {unknown[0]!r} (known: {', '.join(sorted(_OPTIONS))})")
     if "db" in options:  # redis-py accepts ?db=N as well
         if not options["db"].isdigit():
             raise ValueError("Redis URL db option must be a number")
