@@ -18,6 +18,10 @@ nothing is lost), and optionally buckets idle for ``idle_evict_s`` are dropped. 
 bucket because of ``max_clients`` hands that client a fresh bucket: a deliberate trade of precision
 for bounded memory.
 
+The proxy passes its clasp.store.Store (App.store): ``admit`` then takes from the store's bucket
+``rate:<client>``, in this process (LocalStore, the same algorithm) or in Redis, shared by every
+replica. ``acquire`` keeps the buckets here (no store).
+
 Not thread-safe: meant to be called from the single asyncio event loop.
 """
 
