@@ -92,6 +92,7 @@ class App:
             memory=self._memory_stats, store=store.health)
         self.trimmer = IdleTrimmer(cfg.memory_trim_after) if cfg.memory_trim_after > 0 else None
         self._housekeeping: asyncio.Future | None = None
+        self._store_check: asyncio.Future | None = None
 
     def _memory_stats(self) -> dict:
         return {"rss_bytes": resident_bytes(), "trims": self.trimmer.trims if self.trimmer is not None else 0}
@@ -110,8 +111,8 @@ class App:
         if self.trimmer is not None and self._housekeeping is None:
             self._housekeeping = asyncio.ensure_future(self.trimmer.run())
         connect = getattr(self.store, "connect", None)
-        if connect is not None:  # a shared store: say at start-up whether it is reachable
-            asyncio.ensure_future(connect())
+        if connect is not None and self._store_check is None:  # a shared store: is it reachable?
+            self._store_check = asyncio.ensure_future(connect())  # (kept: a bare task may be collected)
 
     async def handle(self, req: Request, resp: Responder) -> None:
         """The server's handler."""

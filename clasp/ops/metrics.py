@@ -526,7 +526,8 @@ class Metrics:
             family("clasp_store_up", "gauge", "1 while the state store answers, 0 while degraded (e.g. Redis unreachable).")
             add(f"clasp_store_up{{{kind}}} {1 if store['status'] == 'ok' else 0}")
             family("clasp_store_errors_total", "counter",
-                   "Failed operations on the state store (each fell back to per-process state or was refused).")
+                   "Operations that could not use the state store (it failed or was down): each fell back to "
+                   "per-process state, missed the cache, or was refused (fail-closed).")
             add(f"clasp_store_errors_total{{{kind}}} {store['errors']}")
 
         if self._memory_source is not None:
