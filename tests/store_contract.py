@@ -31,7 +31,7 @@ async def bucket_refills_at_its_rate_and_caps_at_burst(store, advance):
     assert not (await store.take("r", RATE, BURST)).allowed   # a refusal consumes nothing ...
     await advance(0.55)
     assert (await store.take("r", RATE, BURST)).allowed       # ... so the next token is whole
-    await advance(5.0)                                  # ten tokens' time: capped at the burst
+    await advance(2.0)                                  # four tokens' time: capped at the burst of 3
     assert [(await store.take("r", RATE, BURST)).allowed for _ in range(BURST + 1)] == [True] * BURST + [False]
 
 
