@@ -31,6 +31,7 @@ from clasp.pipeline.wire import send_error, send_json
 from clasp.redaction import redact_variants, secret_variants
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
+from clasp.store.select import open_store
 from clasp.translate.capabilities import capabilities_for
 from clasp.translate.errors import ProxyError
 from clasp.translate.jsontext import utf8
@@ -51,15 +52,17 @@ class App:
         self.guard = RequestGuard.from_config(cfg)
         self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
                                cfg.auth_allow_anonymous_metrics)
+        # state shared by requests (and by replicas, with Redis): rate-limit buckets, counters, cache
+        self.store = store = open_store(cfg, clock=clock)
         self.limiter = limiter = None
         if cfg.rate_limit:
             from clasp.ops.ratelimit import RateLimiter
             self.limiter = limiter = RateLimiter(cfg.rate_limit_requests, cfg.rate_limit_window,
-                                                 cfg.rate_limit_burst, clock=clock)
+                                                 cfg.rate_limit_burst, clock=clock, store=store)
         self.cache = cache = None
         if cfg.cache:
-            from clasp.ops.cache import ResponseCache
-            self.cache = cache = ResponseCache(cfg.cache_max_size, cfg.cache_ttl, clock=clock)
+            from clasp.ops.cache import StoreCache
+            self.cache = cache = StoreCache(store, cfg.cache_ttl, cfg.cache_max_size)
         model_flags = parse_model_flags(cfg.model_flags)
         try:  # fail at start-up, not on the first request
             capabilities_for(self.router.primary.provider, self.router.primary.default_model, model_flags)
@@ -88,9 +91,10 @@ class App:
             breakers=(lambda: {name: b.state for name, b in chain.breakers.items()}) if cfg.circuit_breaker else None,
             queue=(lambda: {"depth": chain.queue.depth(), **chain.queue.stats}) if chain.queue else None,
             cache=cache.stats if cache is not None else None,
-            memory=self._memory_stats)
+            memory=self._memory_stats, store=store.health)
         self.trimmer = IdleTrimmer(cfg.memory_trim_after) if cfg.memory_trim_after > 0 else None
         self._housekeeping: asyncio.Future | None = None
+        self._store_check: asyncio.Future | None = None
 
     def _memory_stats(self) -> dict:
         return {"rss_bytes": resident_bytes(), "trims": self.trimmer.trims if self.trimmer is not None else 0}
@@ -100,6 +104,7 @@ class App:
             self._housekeeping.cancel()
             self._housekeeping = None
         await self.client.close()
+        await self.store.close()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -107,6 +112,9 @@ class App:
         """Start background housekeeping (inside the running event loop)."""
         if self.trimmer is not None and self._housekeeping is None:
             self._housekeeping = asyncio.ensure_future(self.trimmer.run())
+        connect = getattr(self.store, "connect", None)
+        if connect is not None and self._store_check is None:  # a shared store: is it reachable?
+            self._store_check = asyncio.ensure_future(connect())  # (kept: a bare task may be collected)
 
     async def handle(self, req: Request, resp: Responder) -> None:
         """The server's handler."""
@@ -187,8 +195,10 @@ class App:
         elif endpoint == "/":
             await send_json(resp, 200, self.info())
         elif endpoint == "/health":
-            await send_json(resp, 200, {"status": "ok", "version": __version__,
-                                              "provider": self.router.primary.name})
+            store = self.store.health()
+            await send_json(resp, 200, {"status": "ok" if store["status"] == "ok" else "degraded",
+                                        "version": __version__, "provider": self.router.primary.name,
+                                        "store": store})
         elif endpoint == "/metrics":
             data = self.metrics.to_json()
             if self.cfg.workers > 1:  # each worker process counts its own requests

@@ -175,6 +175,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("cache", bool, False, "CLASP_CACHE", "cache", "cache deterministic (temperature 0) responses"),
     _s("cache_max_size", int, 1000, "CLASP_CACHE_MAX_SIZE", "cache-max-size", "maximum cache entries"),
     _s("cache_ttl", float, 3600.0, "CLASP_CACHE_TTL", "cache-ttl", "cache TTL in seconds"),
+    # shared state
+    _s("redis_url", str, "", "CLASP_REDIS_URL", "redis-url",
+       "Redis/Valkey for state shared by replicas: redis://[user:password@]host[:port][/db] or rediss:// (TLS)",
+       secret=True),
+    _s("redis_prefix", str, "clasp:", "CLASP_REDIS_PREFIX", "redis-prefix", "prefix of every key clasp writes in Redis"),
+    _s("redis_timeout", float, 1.0, "CLASP_REDIS_TIMEOUT", "redis-timeout",
+       "seconds to connect to Redis and to wait for one reply"),
+    _s("redis_fail_closed", bool, False, "CLASP_REDIS_FAIL_CLOSED", "redis-fail-closed",
+       "while Redis is unreachable refuse requests (503) instead of using per-process limits"),
     # logging
     _s("debug", bool, False, "CLASP_DEBUG", "debug", "log requests and responses (secrets redacted)"),
     _s("debug_requests", bool, False, "CLASP_DEBUG_REQUESTS", "debug-requests", "log requests only"),
@@ -296,6 +305,10 @@ class Config:
     cache: bool = False
     cache_max_size: int = 1000
     cache_ttl: float = 3600.0
+    redis_url: str = ""
+    redis_prefix: str = "clasp:"
+    redis_timeout: float = 1.0
+    redis_fail_closed: bool = False
     debug: bool = False
     debug_requests: bool = False
     debug_responses: bool = False
@@ -313,7 +326,16 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
-        return [v for s in SETTINGS if s.secret and (v := getattr(self, s.name))]
+        out = [v for s in SETTINGS if s.secret and (v := getattr(self, s.name))]
+        if self.redis_url:  # its password alone may show up too (e.g. echoed by a server)
+            from clasp.store.resp import parse_url
+            try:
+                password = parse_url(self.redis_url).password
+            except ValueError:
+                password = ""
+            if password:
+                out.append(password)
+        return out
 
     @property
     def client_chooses_model(self) -> bool:
@@ -592,6 +614,14 @@ def validate(cfg: Config) -> None:
                  "first_byte_timeout", "rate_limit_window", "cache_ttl", "queue_max_wait", "cb_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    if cfg.redis_url:
+        from clasp.store.resp import parse_url
+        try:
+            parse_url(cfg.redis_url)
+        except ValueError as e:
+            raise ConfigError(f"{e} (CLASP_REDIS_URL / -redis-url)") from None
+    if cfg.redis_timeout <= 0:
+        raise ConfigError("redis_timeout must be positive")
     if cfg.max_retries < 0 or cfg.queue_max_retries < 0:
         raise ConfigError("retry counts cannot be negative")
     if cfg.max_connections < 0:

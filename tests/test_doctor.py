@@ -325,3 +325,27 @@ def test_a_bad_model_flag_is_a_configuration_error_as_for_the_server(env, capsys
     env.setenv("CUSTOM_BASE_URL", "http://127.0.0.1:9/v1")
     code, out = doctor(capsys, "-model-flags", "no_such_flag")
     assert code == 2 and "CLASP_MODEL_FLAGS" in out and "no_such_flag" in out
+
+
+def test_redis_reachability_is_checked_and_its_password_never_shown(lt, env, capsys):
+    from fakeredis import FakeRedis
+    password = "doctor-Redis-pw-41"
+    redis = FakeRedis(password=password)
+    port = lt.run(redis.start())
+    up = FakeUpstream(lt, working)
+    try:
+        env.setenv("CUSTOM_BASE_URL", up.url)
+        env.setenv("CLASP_REDIS_URL", f"redis://:{password}@127.0.0.1:{port}/2")
+        code, out = doctor(capsys)
+        assert code == 0 and "OK" in lines(out)["shared state"], out
+        assert f"redis://127.0.0.1:{port}/2 answers" in out
+        env.setenv("CLASP_REDIS_URL", f"redis://:wrong-{password}@127.0.0.1:{port}/2")
+        code, out = doctor(capsys)                        # fail-open: a warning, Claude Code still works
+        assert code == 0 and "WARN" in lines(out)["shared state"] and "WRONGPASS" in out, out
+        lt.run(redis.stop())
+        code, out = doctor(capsys, "-redis-fail-closed")  # fail-closed: nothing would be admitted
+        assert code == 1 and "FAIL" in lines(out)["shared state"], out
+        assert password not in out
+    finally:
+        up.close()
+        lt.run(redis.stop())

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-__all__ = ["ResponseCache", "cache_key", "is_cacheable"]
+__all__ = ["ResponseCache", "StoreCache", "cache_key", "is_cacheable"]
 
 # Front-of-LRU expired entries purged per put(), so one call never does unbounded work.
 _PURGE_PER_PUT = 4
@@ -105,3 +105,39 @@ class ResponseCache:
             "evictions": self.evictions,
             "expirations": self.expirations,
         }
+
+
+class StoreCache:
+    """The response cache the proxy uses: CachedResponse values, serialized to bytes, in a
+    clasp.store.Store (this process's LocalStore, bounded by ``max_size``; or Redis, shared by
+    replicas and bounded by Redis' own memory policy). Counts hits and misses like ResponseCache."""
+
+    def __init__(self, store, ttl_s: float = 3600, max_size: int = 1000) -> None:
+        if ttl_s <= 0:
+            raise ValueError("cache ttl must be positive")
+        self.store = store
+        self.ttl_s = float(ttl_s)
+        self.max_size = int(max_size)
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, key: str):
+        from clasp.pipeline.exchange import CachedResponse
+        raw = await self.store.cache_get(key)
+        value = CachedResponse.from_bytes(raw) if raw is not None else None
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    async def put(self, key: str, value) -> None:
+        await self.store.cache_put(key, value.to_bytes(), self.ttl_s)
+
+    def stats(self) -> dict:
+        """Counters for /metrics; size and evictions where the store knows them (LocalStore)."""
+        out = {"hits": self.hits, "misses": self.misses, "size": 0, "max_size": 0}
+        local = getattr(self.store, "cache_stats", None)
+        if local is not None:
+            out.update(local())
+        return out

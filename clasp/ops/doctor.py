@@ -253,6 +253,8 @@ class Doctor:
                          f"{shown_url(route.url, self.secrets)} ({route.api} dialect)"
                          + (": no model configured, Claude Code's model names are sent as they are" if unset else ""),
                          f"set -model / CLASP_MODEL (or CLASP_MODEL_{label.split()[0].upper()})" if unset else "")
+            if self.cfg.redis_url:
+                await self.check_store()
             done: dict[str, bool] = {}
             for route, primary in sorted(routes, key=lambda r: not r[1]):  # primary routes first
                 name = route.target.name
@@ -268,6 +270,26 @@ class Doctor:
         finally:
             await self.client.close()
         return self.report
+
+    async def check_store(self) -> None:
+        """-redis-url: does Redis answer (connect, TLS, AUTH, SELECT, PING)?"""
+        from clasp.store.resp import RedisClient, RedisConnectionError, RedisError
+        client = RedisClient(self.cfg.redis_url, timeout=min(self.net_timeout, max(self.cfg.redis_timeout, 1.0)))
+        where = client.url.address
+        try:
+            await client.execute("PING")
+        except (RedisConnectionError, RedisError) as e:
+            closed = self.cfg.redis_fail_closed
+            self.add("", "configuration", "shared state", FAIL if closed else WARN,
+                     f"Redis does not answer: {e}" + ("" if closed else "; requests would use per-process "
+                                                       "rate limits and counters (fail-open)"),
+                     "check CLASP_REDIS_URL / -redis-url (host, port, password, rediss:// for TLS)",
+                     primary=closed)
+            return
+        finally:
+            await client.close()
+        self.add("", "configuration", "shared state", OK,
+                 f"Redis at {where} answers (key prefix {self.cfg.redis_prefix!r})")
 
     # ---- network
 

@@ -191,6 +191,7 @@ class Metrics:
         self._queue_source: Callable[[], Any] | None = None
         self._cache_source: Callable[[], Mapping[str, Any]] | None = None
         self._memory_source: Callable[[], Mapping[str, Any]] | None = None
+        self._store_source: Callable[[], Mapping[str, Any]] | None = None
 
     # ---- sources (pulled at scrape time) -------------------------------------------------------
 
@@ -201,6 +202,7 @@ class Metrics:
         queue: Callable[[], Any] | None = None,
         cache: Callable[[], Mapping[str, Any]] | None = None,
         memory: Callable[[], Mapping[str, Any]] | None = None,
+        store: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """Register gauge callbacks; only the ones given are replaced.
 
@@ -210,6 +212,7 @@ class Metrics:
         cache()    -> mapping with "size", "max_size" and optionally "evictions"
                       (ResponseCache.stats fits). Registering it marks the cache as enabled.
         memory()   -> mapping with "rss_bytes" (int, or None where unknown) and "trims".
+        store()    -> Store.health(): "kind", "status" ("ok"/"degraded") and optionally "errors".
         """
         if breakers is not None:
             self._breaker_source = breakers
@@ -219,6 +222,8 @@ class Metrics:
             self._cache_source = cache
         if memory is not None:
             self._memory_source = memory
+        if store is not None:
+            self._store_source = store
 
     # ---- recording (hot path) ------------------------------------------------------------------
 
@@ -402,6 +407,7 @@ class Metrics:
             "circuit_breakers": self._breakers(),
             "queue": {"enabled": False} if queue is None else {"enabled": True, **queue},
             **({"memory": dict(self._memory_source())} if self._memory_source is not None else {}),
+            **({"store": self._store()} if self._store_source is not None else {}),
             # for the dashboard: numbers a page can difference between two scrapes
             "uptime_s": round(uptime, 3),
             "active": {"requests": self.active_requests, "streams": self.active_streams},
@@ -410,6 +416,10 @@ class Metrics:
             "errors": {"by_type": dict(self._error_types), "by_status": by_status,
                        "recent": list(self._recent_errors)},
         }
+
+    def _store(self) -> dict[str, Any]:
+        h = self._store_source()
+        return {"kind": h.get("kind", ""), "status": h.get("status", "ok"), "errors": int(h.get("errors", 0))}
 
     def to_prometheus(self) -> str:
         """Prometheus text exposition format 0.0.4 (Content-Type: text/plain; version=0.0.4)."""
@@ -509,6 +519,16 @@ class Metrics:
             if "max_size" in queue:
                 family("clasp_queue_max_size", "gauge", "Capacity of the request queue.")
                 add(f"clasp_queue_max_size {_num(queue['max_size'])}")
+
+        if self._store_source is not None:
+            store = self._store()
+            kind = _labels(("store",), (store["kind"],))
+            family("clasp_store_up", "gauge", "1 while the state store answers, 0 while degraded (e.g. Redis unreachable).")
+            add(f"clasp_store_up{{{kind}}} {1 if store['status'] == 'ok' else 0}")
+            family("clasp_store_errors_total", "counter",
+                   "Operations that could not use the state store (it failed or was down): each fell back to "
+                   "per-process state, missed the cache, or was refused (fail-closed).")
+            add(f"clasp_store_errors_total{{{kind}}} {store['errors']}")
 
         if self._memory_source is not None:
             memory = self._memory_source()

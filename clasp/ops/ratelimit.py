@@ -18,6 +18,10 @@ nothing is lost), and optionally buckets idle for ``idle_evict_s`` are dropped. 
 bucket because of ``max_clients`` hands that client a fresh bucket: a deliberate trade of precision
 for bounded memory.
 
+The proxy passes its clasp.store.Store (App.store): ``admit`` then takes from the store's bucket
+``rate:<client>``, in this process (LocalStore, the same algorithm) or in Redis, shared by every
+replica. ``acquire`` keeps the buckets here (no store).
+
 Not thread-safe: meant to be called from the single asyncio event loop.
 """
 
@@ -35,6 +39,8 @@ __all__ = ["RateLimiter", "RateDecision", "format_rfc3339"]
 
 # Cap on front-of-LRU entries examined per acquire(), so one call never does unbounded work.
 _SWEEP_PER_CALL = 4
+# Store bucket names of this limiter: "rate:" + client identity (an address or a key fingerprint).
+BUCKET_PREFIX = "rate:"
 # Float slack so that e.g. 3 s at 1/3 token/s counts as one whole token.
 _EPS = 1e-9
 
@@ -63,6 +69,7 @@ class RateLimiter:
         max_clients: int = 10000,
         idle_evict_s: float | None = None,
         wall: Callable[[], float] = time.time,
+        store=None,
     ) -> None:
         if requests <= 0 or window_s <= 0:
             raise ValueError("rate limit requests and window must be positive")
@@ -80,10 +87,17 @@ class RateLimiter:
         self.idle_evict_s = idle_evict_s
         self._clock = clock
         self._wall = wall
+        # A clasp.store.Store: admit() then takes from its buckets (shared by replicas with Redis);
+        # without one, acquire() keeps the buckets here.
+        self.store = store
         # key -> [tokens, last_update]; order = least recently used first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
+        """Buckets held in this process."""
+        if self.store is not None:
+            count = getattr(self.store, "bucket_count", None)
+            return count() if count is not None else 0
         return len(self._buckets)
 
     def acquire(self, key: str) -> RateDecision:
@@ -140,10 +154,15 @@ class RateLimiter:
             else:
                 return
 
-    def admit(self, key: str) -> list[tuple[str, str]]:
+    async def admit(self, key: str) -> list[tuple[str, str]]:
         """One request from ``key``: the rate-limit headers for its response, or ProxyError 429
-        (with retry-after and the same headers) when the bucket is empty."""
-        decision = self.acquire(key)
+        (with retry-after and the same headers) when the bucket is empty. With a store, its bucket
+        ``rate:<key>`` decides (a store that cannot decide may raise its own ProxyError, a 503)."""
+        store = self.store
+        if store is None:
+            decision = self.acquire(key)
+        else:
+            decision = await store.take(BUCKET_PREFIX + key, self.rate, self.burst)
         headers = self.headers(decision)
         if not decision.allowed:
             raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client", dict(headers), False)

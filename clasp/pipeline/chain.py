@@ -139,7 +139,7 @@ class UpstreamChain:
                 server = await self.servers.info(route.target)  # probed once per custom target
                 ctx, caps, payload, cache_key = prepare(i, server)
                 if cache_key is not None:
-                    hit = self.cache.get(cache_key)
+                    hit = await self.cache.get(cache_key)
                     if hit is not None:
                         return hit
                 if i > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -35,3 +36,24 @@ class CachedResponse:
     body: bytes
     provider: str
     upstream_model: str
+
+    def to_bytes(self) -> bytes:
+        """For a store: a JSON line [provider, upstream_model], then the body as is."""
+        return _CACHED_V1 + json.dumps([self.provider, self.upstream_model]).encode() + b"\n" + self.body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CachedResponse | None":
+        """The response to_bytes() wrote, or None for anything else (another version, garbage)."""
+        if not data.startswith(_CACHED_V1):
+            return None
+        head, sep, body = data[len(_CACHED_V1):].partition(b"\n")
+        try:
+            provider, upstream_model = json.loads(head)
+        except (ValueError, TypeError):
+            return None
+        if not sep or not isinstance(provider, str) or not isinstance(upstream_model, str):
+            return None
+        return cls(body, provider, upstream_model)
+
+
+_CACHED_V1 = b"clasp-cached-response/1\n"

@@ -111,7 +111,7 @@ class Relay:
         if self.debug_log:
             self.debug_log.translated_response(body)
         if cache_key is not None and self.cache is not None:
-            self.cache.put(cache_key, CachedResponse(body, ex.provider, ex.upstream_model))
+            await self.cache.put(cache_key, CachedResponse(body, ex.provider, ex.upstream_model))
         await resp.send(200, [JSON_HEADER, *headers], body)
 
     async def stream(self, upstream: UpstreamResponse, resp: Responder, ctx: RequestContext,

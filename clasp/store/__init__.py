@@ -13,6 +13,10 @@ costs about a microsecond.
 Counters are hashes of float fields (like Redis HINCRBYFLOAT): ``hincr`` adds to several fields of
 one hash atomically and sets its time to live; ``hmget`` reads some fields (0.0 when missing);
 ``hgetall`` reads a whole hash. Names are plain strings; a store adds its own namespace prefix.
+
+A shared store that cannot be reached falls back to per-process state (fail-open), or, set to
+fail closed (-redis-fail-closed), raises a ProxyError (503) from the calls that decide whether a
+request may proceed: ``take``, ``hmget`` and ``hgetall``. Callers let it propagate to the client.
 """
 
 from __future__ import annotations

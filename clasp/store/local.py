@@ -34,6 +34,8 @@ class LocalStore:
         self.cache_max_size = cache_max_size
         # key -> (expires_at, value); least recently used first
         self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.cache_evictions = 0    # removed to make room (LRU)
+        self.cache_expirations = 0  # removed because their time to live passed
 
     # token buckets
 
@@ -127,6 +129,7 @@ class LocalStore:
             return None
         if self._clock() >= entry[0]:
             del self._cache[key]
+            self.cache_expirations += 1
             return None
         self._cache.move_to_end(key)
         return entry[1]
@@ -137,6 +140,16 @@ class LocalStore:
         cache.move_to_end(key)
         while len(cache) > self.cache_max_size:
             cache.popitem(last=False)
+            self.cache_evictions += 1
+
+    def cache_stats(self) -> dict:
+        """Size and removals of the cache, for /metrics."""
+        return {"size": len(self._cache), "max_size": self.cache_max_size, "evictions": self.cache_evictions,
+                "expirations": self.cache_expirations}
+
+    def bucket_count(self) -> int:
+        """Token buckets held (full ones are dropped lazily)."""
+        return len(self._buckets)
 
     def health(self) -> dict:
         return {"kind": self.kind, "status": "ok"}
