@@ -82,6 +82,8 @@ class RateLimiter:
         self._wall = wall
         # key -> [tokens, last_update]; order = least recently used first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        # A shared store (the parent of a worker group) holding the buckets instead; None: this object.
+        self.store = None
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -144,6 +146,17 @@ class RateLimiter:
         """One request from ``key``: the rate-limit headers for its response, or ProxyError 429
         (with retry-after and the same headers) when the bucket is empty."""
         decision = self.acquire(key)
+        headers = self.headers(decision)
+        if not decision.allowed:
+            raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client", dict(headers), False)
+        return headers
+
+    async def admit_shared(self, key: str) -> list[tuple[str, str]]:
+        """``admit``, with the bucket in ``self.store`` when there is one (one limit for a worker
+        group); the same headers and the same 429."""
+        if self.store is None:
+            return self.admit(key)
+        decision = await self.store.take("ratelimit:" + key, self.rate, self.burst)
         headers = self.headers(decision)
         if not decision.allowed:
             raise ProxyError(429, "rate_limit_error", "rate limit exceeded for this client", dict(headers), False)

@@ -23,7 +23,7 @@ class CountTokens:
         headers = [JSON_HEADER]
         if self.limiter is not None:
             try:
-                headers.extend(self.limiter.admit(req.client if client_id is None else client_id))
+                headers.extend(await self.limiter.admit_shared(req.client if client_id is None else client_id))
             except ProxyError as err:
                 await send_error(resp, err)
                 return

@@ -66,7 +66,7 @@ class MessagesPipeline:
         # rate limit
         extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
         if self.limiter is not None:
-            extra_headers.extend(self.limiter.admit(client_id))
+            extra_headers.extend(await self.limiter.admit_shared(client_id))
         # parse
         if self.debug_log:
             self.debug_log.incoming_request(req.body, req.headers)
