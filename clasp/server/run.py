@@ -195,7 +195,7 @@ async def _supervise(cfg: Config, children: dict[int, socket.socket]) -> int:
     loop = asyncio.get_running_loop()
     hub = Hub(LocalStore(cache_max_size=cfg.cache_max_size))
     for pid, sock in children.items():
-        hub.add_worker(pid, sock)
+        await hub.add_worker(pid, sock)
     running = set(children)
     all_exited = asyncio.Event()
     stopping = False

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from clasp.ops.metrics import merge_snapshots
 from clasp.store.group import (OP_CACHE_GET, OP_CACHE_PUT, OP_ERROR, OP_HGETALL, OP_HINCR, OP_HMGET,
-                               OP_METRICS, OP_REPLY, OP_SNAPSHOT, OP_TAKE, encode_frame, read_frame)
+                               OP_METRICS, OP_REPLY, OP_SNAPSHOT, OP_TAKE, FrameDecoder, encode_frame)
 from clasp.store.local import LocalStore
 
 __all__ = ["Hub"]
@@ -29,17 +29,86 @@ __all__ = ["Hub"]
 log = logging.getLogger("clasp")
 
 
-class _Worker:
-    __slots__ = ("pid", "writer", "pending", "next_id", "snapshot", "connected", "exited")
+def _now(coro):
+    """The result of a LocalStore coroutine, which never suspends, without an event-loop step."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a LocalStore call suspended")
 
-    def __init__(self, pid: int) -> None:
+
+class _Worker(asyncio.Protocol):
+    """The parent's end of one worker's socketpair."""
+
+    def __init__(self, hub: "Hub", pid: int) -> None:
+        self.hub = hub
         self.pid = pid
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
         self.pending: dict[int, asyncio.Future] = {}
         self.next_id = 0
         self.snapshot: dict | None = None  # the last one it sent
         self.connected = False
         self.exited = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.connected = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except ValueError:
+            log.warning("worker group: worker %d sent a bad frame; closing its connection", self.pid)
+            self.transport.close()
+            return
+        store, write = self.hub.store, self.transport.write
+        for op, request_id, obj, blob in frames:
+            if op == OP_REPLY or op == OP_ERROR:  # to a snapshot request
+                future = self.pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(obj if op == OP_REPLY else None)
+                continue
+            try:
+                if op == OP_TAKE:
+                    d = store.take_now(obj[0], obj[1], obj[2])
+                    out: Any = [d.allowed, d.limit, d.remaining, d.retry_after_s, d.reset_s]
+                elif op == OP_HINCR:
+                    store.hincr_now(obj[0], obj[1], obj[2])
+                    out = None
+                elif op == OP_HMGET:
+                    out = _now(store.hmget(obj[0], obj[1]))
+                elif op == OP_HGETALL:
+                    out = _now(store.hgetall(obj))
+                elif op == OP_CACHE_GET:
+                    value = _now(store.cache_get(obj))
+                    if request_id:
+                        write(encode_frame(OP_REPLY, request_id, value is not None, value or b""))
+                    continue
+                elif op == OP_CACHE_PUT:
+                    _now(store.cache_put(obj[0], blob, obj[1]))
+                    out = None
+                elif op == OP_METRICS:
+                    self.snapshot = obj
+                    self.hub._spawn(self.hub._answer_metrics(self, request_id))
+                    continue
+                else:
+                    raise ValueError(f"unknown op {op}")
+            except Exception as e:  # a bad request: answer it, keep serving
+                if request_id:
+                    write(encode_frame(OP_ERROR, request_id, f"{type(e).__name__}: {e}"))
+                continue
+            if request_id:
+                write(encode_frame(OP_REPLY, request_id, out))
 
 
 class Hub:
@@ -52,84 +121,34 @@ class Hub:
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Future] = set()
 
-    def add_worker(self, pid: int, sock: socket.socket) -> None:
-        """Serve the worker ``pid`` on ``sock`` (inside the running event loop)."""
-        self._workers[pid] = _Worker(pid)
-        self._spawn(self._serve(self._workers[pid], sock))
+    async def add_worker(self, pid: int, sock: socket.socket) -> None:
+        """Serve the worker ``pid`` on ``sock``."""
+        w = self._workers[pid] = _Worker(self, pid)
+        await asyncio.get_running_loop().create_connection(lambda: w, sock=sock)
 
     def worker_exited(self, pid: int) -> None:
         w = self._workers.get(pid)
         if w is not None:
             w.exited = True
 
+    @property
+    def connected(self) -> int:
+        """Workers whose connection is open."""
+        return sum(w.connected for w in self._workers.values())
+
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, w: _Worker, sock: socket.socket) -> None:
-        reader, writer = await asyncio.open_connection(sock=sock)
-        w.writer, w.connected = writer, True
-        store = self.store
-        try:
-            while True:
-                op, request_id, obj, blob = await read_frame(reader)
-                if op == OP_REPLY or op == OP_ERROR:  # to a snapshot request
-                    future = w.pending.pop(request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(obj if op == OP_REPLY else None)
-                    continue
-                try:
-                    if op == OP_TAKE:
-                        d = store.take_now(obj[0], obj[1], obj[2])
-                        out: Any = [d.allowed, d.limit, d.remaining, d.retry_after_s, d.reset_s]
-                    elif op == OP_HINCR:
-                        store.hincr_now(obj[0], obj[1], obj[2])
-                        out = None
-                    elif op == OP_HMGET:
-                        out = await store.hmget(obj[0], obj[1])
-                    elif op == OP_HGETALL:
-                        out = await store.hgetall(obj)
-                    elif op == OP_CACHE_GET:
-                        value = await store.cache_get(obj)
-                        if request_id:
-                            writer.write(encode_frame(OP_REPLY, request_id, value is not None, value or b""))
-                        continue
-                    elif op == OP_CACHE_PUT:
-                        await store.cache_put(obj[0], blob, obj[1])
-                        out = None
-                    elif op == OP_METRICS:
-                        w.snapshot = obj
-                        self._spawn(self._answer_metrics(w, request_id))
-                        continue
-                    else:
-                        raise ValueError(f"unknown op {op}")
-                except Exception as e:  # a bad request: answer it, keep serving
-                    if request_id:
-                        writer.write(encode_frame(OP_ERROR, request_id, f"{type(e).__name__}: {e}"))
-                    continue
-                if request_id:
-                    writer.write(encode_frame(OP_REPLY, request_id, out))
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # EOF (the worker stopped or died), reset, a bad frame
-            pass
-        finally:
-            w.connected = False
-            for future in w.pending.values():
-                if not future.done():
-                    future.set_result(None)
-            w.pending.clear()
-            writer.close()
-
     async def _ask_snapshot(self, w: _Worker) -> None:
-        if not w.connected or w.exited or w.writer is None:
+        if not w.connected or w.exited:
             return
         w.next_id = request_id = (w.next_id % 0xFFFFFFFF) + 1
         future = asyncio.get_running_loop().create_future()
         w.pending[request_id] = future
         try:
-            w.writer.write(encode_frame(OP_SNAPSHOT, request_id))
+            w.transport.write(encode_frame(OP_SNAPSHOT, request_id))
             snap = await asyncio.wait_for(future, self.snapshot_timeout)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             snap = None  # slow or gone: its last snapshot stands in
@@ -158,10 +177,14 @@ class Hub:
     async def _answer_metrics(self, asking: _Worker, request_id: int) -> None:
         others = [w for w in self._workers.values() if w is not asking]
         await asyncio.gather(*(self._ask_snapshot(w) for w in others))
-        if asking.connected and asking.writer is not None and request_id:
-            asking.writer.write(encode_frame(OP_REPLY, request_id, self.merged()))
+        if asking.connected and request_id:
+            asking.transport.write(encode_frame(OP_REPLY, request_id, self.merged()))
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._workers.values():
+            if w.transport is not None:
+                w.transport.close()
+        await asyncio.sleep(0)  # let the transports finish closing
