@@ -222,9 +222,9 @@ class App:
         if group is None or group.broken:
             return snap
         from clasp.store.group import OP_METRICS, GroupUnavailable
-        try:
-            merged = (await group.call(OP_METRICS, snap))[0]
-        except GroupUnavailable:
+        try:  # the parent waits at most 2 s for each worker's snapshot
+            merged = (await asyncio.wait_for(group.call(OP_METRICS, snap), 10.0))[0]
+        except (GroupUnavailable, asyncio.TimeoutError):
             return snap
         return merged if merged is not None else snap
 

@@ -11,7 +11,7 @@ import pytest
 
 from clasp.ops.metrics import Metrics
 from clasp.store.group import (HEADER, OP_CACHE_PUT, OP_METRICS, OP_TAKE, FrameDecoder, GroupLink,
-                               GroupStore, encode_frame)
+                               GroupStore, GroupUnavailable, encode_frame)
 from clasp.store.hub import Hub
 from clasp.store.local import LocalStore
 
@@ -178,6 +178,19 @@ def test_a_worker_that_does_not_answer_in_time_counts_with_its_last_snapshot():
         mb.record_request("openai", "m", 200)
         merged, _ = await a.call(OP_METRICS, ma.snapshot())
         assert merged["counters"]["total"] == 1
+        for link in (a, b):
+            await link.close()
+        await hub.close()
+    run(go())
+
+
+def test_metrics_that_do_not_merge_get_an_error_not_a_hang():
+    async def go():
+        hub, (a, b) = await group(2, snapshot_timeout=0.5)
+        b.snapshot_source = lambda: {"not": "a snapshot"}
+        with pytest.raises(GroupUnavailable, match="parent failed"):
+            await asyncio.wait_for(a.call(OP_METRICS, Metrics(clock=Clock()).snapshot()), 10)
+        assert (await GroupStore(a).take("k", 1.0, 1)).allowed   # and the hub keeps serving
         for link in (a, b):
             await link.close()
         await hub.close()

@@ -177,8 +177,13 @@ class Hub:
     async def _answer_metrics(self, asking: _Worker, request_id: int) -> None:
         others = [w for w in self._workers.values() if w is not asking]
         await asyncio.gather(*(self._ask_snapshot(w) for w in others))
+        try:
+            frame = encode_frame(OP_REPLY, request_id, self.merged())
+        except Exception as e:  # a snapshot that does not merge: the worker shows its own numbers
+            log.warning("worker group: cannot merge the workers' metrics: %s: %s", type(e).__name__, e)
+            frame = encode_frame(OP_ERROR, request_id, "cannot merge the workers' metrics")
         if asking.connected and request_id:
-            asking.transport.write(encode_frame(OP_REPLY, request_id, self.merged()))
+            asking.transport.write(frame)
 
     async def close(self) -> None:
         for task in list(self._tasks):
