@@ -21,7 +21,7 @@ from clasp.ops.auth import AuthPolicy
 from clasp.ops.guard import RequestGuard
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
-from clasp.ops.metrics import Metrics
+from clasp.ops.metrics import Metrics, render_json, render_prometheus
 from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.count_tokens import CountTokens
 from clasp.pipeline.messages import MessagesPipeline
@@ -43,7 +43,9 @@ class App:
     """The proxy: one instance per process, shared by all connections."""
 
     def __init__(self, cfg: Config, *, clock=time.monotonic, log_stream: TextIO | None = None,
-                 client: UpstreamClient | None = None) -> None:
+                 client: UpstreamClient | None = None, group=None) -> None:
+        """``group``: this worker's GroupLink to the parent of a ``-workers N`` group (state and
+        metrics shared with the other workers), None for a process on its own."""
         self.cfg = cfg
         self.clock = clock
         self.router = Router(cfg)
@@ -53,7 +55,8 @@ class App:
         self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
                                cfg.auth_allow_anonymous_metrics)
         # state shared by requests (and by replicas, with Redis): rate-limit buckets, counters, cache
-        self.store = store = open_store(cfg, clock=clock)
+        self.group = group  # this worker's link to its -workers N parent, else None
+        self.store = store = open_store(cfg, clock=clock, group=group)
         self.limiter = limiter = None
         if cfg.rate_limit:
             from clasp.ops.ratelimit import RateLimiter
@@ -92,6 +95,8 @@ class App:
             queue=(lambda: {"depth": chain.queue.depth(), **chain.queue.stats}) if chain.queue else None,
             cache=cache.stats if cache is not None else None,
             memory=self._memory_stats, store=store.health)
+        if group is not None:
+            group.snapshot_source = self.metrics.snapshot
         self.trimmer = IdleTrimmer(cfg.memory_trim_after) if cfg.memory_trim_after > 0 else None
         self._housekeeping: asyncio.Future | None = None
         self._store_check: asyncio.Future | None = None
@@ -105,6 +110,8 @@ class App:
             self._housekeeping = None
         await self.client.close()
         await self.store.close()
+        if self.group is not None:
+            await self.group.close()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -200,18 +207,33 @@ class App:
                                         "version": __version__, "provider": self.router.primary.name,
                                         "store": store})
         elif endpoint == "/metrics":
-            data = self.metrics.to_json()
-            if self.cfg.workers > 1:  # each worker process counts its own requests
-                data["worker"] = {"pid": os.getpid(), "workers": self.cfg.workers}
+            snap = await self.metrics_snapshot()
+            data = render_json(snap)
+            if self.cfg.workers > 1:  # which worker answered, and what each has served
+                data["worker"] = {"pid": os.getpid(), "workers": self.cfg.workers,
+                                  **({"processes": snap["workers"]} if "workers" in snap else {})}
             await send_json(resp, 200, data)
         elif endpoint == "/dashboard":
             await self._send_dashboard(req, resp, 200)
         elif endpoint == "/metrics/prometheus":
             await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                            utf8(self.metrics.to_prometheus()))
+                            utf8(render_prometheus(await self.metrics_snapshot())))
         else:
             await send_json(resp, 200, self.models())
         return None
+
+    async def metrics_snapshot(self) -> dict:
+        """This process's metrics, or in a worker group the group's (merged by the parent)."""
+        snap = self.metrics.snapshot()
+        group = self.group
+        if group is None or group.broken:
+            return snap
+        from clasp.store.group import OP_METRICS, GroupUnavailable
+        try:  # the parent waits at most 2 s for each worker's snapshot
+            merged = (await asyncio.wait_for(group.call(OP_METRICS, snap), 10.0))[0]
+        except (GroupUnavailable, asyncio.TimeoutError):
+            return snap
+        return merged if merged is not None else snap
 
     async def _send_dashboard(self, req: Request, resp: Responder, status: int) -> None:
         from clasp.ops.dashboard import HEADERS, page

@@ -312,3 +312,59 @@ def test_not_routed_and_other_never_take_a_model_slot() -> None:
     tokens = m.to_json()["tokens"]
     assert tokens["-"] == {"-": {"requests": 1, "input_tokens": 0, "output_tokens": 0}}
     assert set(tokens["custom"]) == {f"model-{i}" for i in range(MAX_SERIES)} | {"other"}
+
+
+# ------------------------------------------------------------------------ a worker group's merge
+
+def test_merged_snapshots_render_the_sum_of_the_processes():
+    from clasp.ops.metrics import merge_snapshots, render_json, render_prometheus
+    a, b = realistic(Clock()), realistic(Clock())
+    b.record_request("openai", "gpt-4o", 200, latency_s=0.2, input_tokens=7)
+    b.record_request("custom", "llama", 503, error_type="overloaded_error", error_message="later")
+    b.active_streams = 4
+    merged = merge_snapshots([a.snapshot(), b.snapshot()], uptime_s=10.0)
+    one, j = a.to_json(), render_json(merged)
+    assert j["requests"]["total"] == 2 * one["requests"]["total"] + 2
+    assert j["requests"]["errors"] == 2 * one["requests"]["errors"] + 1
+    assert j["tokens"]["openai"]["gpt-4o"]["input_tokens"] == 2 * one["tokens"]["openai"]["gpt-4o"]["input_tokens"] + 7
+    assert j["latency"]["count"] == 2 * one["latency"]["count"] + 2
+    assert j["upstream_errors"] == {k: 2 * v for k, v in one["upstream_errors"].items()}
+    assert j["retries"] == 4 and j["fallbacks"] == 2
+    assert j["cache"]["hits"] == 6 and j["queue"]["depth"] == 6 and j["active"]["streams"] == 4
+    assert j["circuit_breakers"]["openrouter:x"] == "half_open" and j["uptime_s"] == 10.0
+    assert j["errors"]["recent"][-1]["message"] == "later"
+    fams = promparse.parse(render_prometheus(merged))
+    single = promparse.parse(a.to_prometheus())
+    assert promparse.value(fams, "clasp_requests_total", provider="openai", model="gpt-4o", status="200") == \
+        2 * promparse.value(single, "clasp_requests_total", provider="openai", model="gpt-4o", status="200") + 1
+    assert promparse.value(fams, "clasp_requests_total", provider="custom", model="llama", status="503") == 1
+    assert promparse.value(fams, "clasp_uptime_seconds") == 10.0
+
+
+def test_merged_counters_only_grow_while_processes_record_and_exit():
+    from clasp.ops.metrics import merge_snapshots, render_prometheus
+    procs = [Metrics(clock=Clock()) for _ in range(3)]
+    last: dict[int, dict] = {}       # what a parent keeps: the last snapshot of each process
+    previous: dict[tuple, float] = {}
+    recorded = 0
+    for step in range(40):
+        i = step % 3
+        if i == 2 and step > 20:     # the third process has exited: it records nothing more
+            i = 0
+        m = procs[i]
+        m.record_request("openai", f"m{step % 4}", 200 if step % 5 else 500, streaming=step % 2 == 0,
+                         latency_s=step / 10, ttft_s=0.1, input_tokens=step)
+        m.record_upstream_error("openai", 500)
+        recorded += 1
+        last[i] = m.snapshot()
+        exited = last.get(2) if step > 20 else None
+        merged = merge_snapshots(list(last.values()), uptime_s=step, live=lambda s: s is not exited)
+        fams = promparse.parse(render_prometheus(merged))
+        for fam in fams.values():
+            if fam.type not in ("counter", "histogram"):
+                continue
+            for sample in fam.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                assert sample.value >= previous.get(key, 0), key
+                previous[key] = sample.value
+        assert merged["counters"]["total"] == recorded

@@ -186,7 +186,7 @@ _SCRIPT = r"""
     $("uptime").textContent = m.uptime || "-";
     $("total").textContent = fmt(m.requests.total, 0);
     $("updated").textContent = new Date().toLocaleTimeString();
-    $("worker").textContent = m.worker ? "worker pid " + m.worker.pid + " of " + m.worker.workers : "";
+    $("worker").textContent = m.worker ? "all " + m.worker.workers + " workers" : "";
 
     var rps = rates(function (s) { return s.requests.total; });
     var eps = rates(function (s) { return s.requests.errors; });

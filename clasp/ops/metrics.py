@@ -24,6 +24,9 @@ __all__ = [
     "escape_label_value",
     "bounded_label",
     "RECENT_ERRORS",
+    "render_json",
+    "render_prometheus",
+    "merge_snapshots",
 ]
 
 # Upper bounds (seconds). LLM calls range from sub-second to many minutes; first tokens arrive sooner.
@@ -344,202 +347,353 @@ class Metrics:
             return dict(q)
         return {"depth": q}
 
-    def to_json(self) -> dict:
-        uptime = self.uptime_s()
-        total = self.total
-        hits = self._cache_results.get("hit", 0)
-        misses = self._cache_results.get("miss", 0)
-        cache_stats = self._cache_source() if self._cache_source is not None else None
-        tokens: dict[str, dict[str, dict[str, int]]] = {}
-        for (provider, model), s in self._series.items():
-            tokens.setdefault(provider, {})[model] = {
-                "requests": s.requests,
-                "input_tokens": s.input_tokens,
-                "output_tokens": s.output_tokens,
-                **({"upstream_model": s.upstream_model} if s.upstream_model else {}),
-            }
+    def snapshot(self) -> dict:
+        """Everything a scrape shows, as plain JSON-able data: what render_json and
+        render_prometheus draw from, and what the workers of a group send to be merged.
+
+        ``counters`` holds only numbers, nested by label values (dicts of dicts of numbers, or lists
+        of numbers for histogram buckets), so summing the snapshots of several processes is one
+        generic walk (merge_snapshots); a new counter put there is merged with no extra code."""
+        requests: dict[str, dict[str, dict[str, int]]] = {}
+        for (provider, model, status), n in self._requests.items():
+            requests.setdefault(provider, {}).setdefault(model, {})[str(status)] = n
         apis: dict[str, dict[str, int]] = {}
         for (provider, api), n in self._apis.items():
             apis.setdefault(provider, {})[api] = n
-        upstream_errors: dict[str, int] = {}
-        for (_provider, status), n in self._upstream_errors.items():
-            upstream_errors[status] = upstream_errors.get(status, 0) + n
-        queue = self._queue()
-        dur_counts = [0] * (len(DURATION_BUCKETS) + 1)
-        ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
-        dur_sum = ttft_sum = 0.0
-        for s in self._series.values():
-            dur_counts = [a + b for a, b in zip(dur_counts, s.dur_counts)]
-            ttft_counts = [a + b for a, b in zip(ttft_counts, s.ttft_counts)]
-            dur_sum += s.dur_sum
-            ttft_sum += s.ttft_sum
-        by_status: dict[str, int] = {}
-        for (_provider, _model, status), n in self._requests.items():
-            if status >= 400:
-                by_status[str(status)] = by_status.get(str(status), 0) + n
+        series: dict[str, dict[str, dict]] = {}
+        upstream_models: dict[str, dict[str, str]] = {}
+        for (provider, model), s in self._series.items():
+            series.setdefault(provider, {})[model] = {
+                "requests": s.requests, "streaming": s.streaming, "tool_calls": s.tool_calls,
+                "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
+                "dur_counts": list(s.dur_counts), "dur_sum": s.dur_sum,
+                "ttft_counts": list(s.ttft_counts), "ttft_sum": s.ttft_sum, "ttft_count": s.ttft_count}
+            if s.upstream_model:
+                upstream_models.setdefault(provider, {})[model] = s.upstream_model
+        upstream_errors: dict[str, dict[str, int]] = {}
+        for (provider, status), n in self._upstream_errors.items():
+            upstream_errors.setdefault(provider, {})[status] = n
+        fallbacks: dict[str, dict[str, int]] = {}
+        for (src, dst), n in self._fallbacks.items():
+            fallbacks.setdefault(src, {})[dst] = n
         return {
-            "requests": {
-                "total": total,
-                "successful": self.successful,
-                "errors": self.errors,
-                "streaming": self.streaming,
-                "tool_calls": self.tool_calls,
-                "success_rate": _pct(self.successful, total),
+            "uptime_s": self.uptime_s(),
+            "counters": {
+                "total": self.total, "successful": self.successful, "errors": self.errors,
+                "streaming": self.streaming, "tool_calls": self.tool_calls, "latency_sum": self.latency_sum,
+                "requests": requests, "apis": apis, "series": series,
+                "cache_results": dict(self._cache_results), "upstream_errors": upstream_errors,
+                "retries": dict(self._retries), "fallbacks": fallbacks, "error_types": dict(self._error_types),
             },
-            "performance": {
-                "avg_latency_ms": f"{(self.latency_sum / total * 1000.0) if total else 0.0:.2f}",
-                "requests_per_sec": f"{(total / uptime) if uptime > 0 else 0.0:.2f}",
-            },
-            "cache": {
-                "enabled": cache_stats is not None,
-                "size": int(cache_stats.get("size", 0)) if cache_stats else 0,
-                "max_size": int(cache_stats.get("max_size", 0)) if cache_stats else 0,
-                "hits": hits,
-                "misses": misses,
-                "hit_rate": _pct(hits, hits + misses),
-            },
-            "uptime": go_duration(uptime),
-            "tokens": tokens,
-            "apis": apis,
-            "upstream_errors": upstream_errors,
-            "retries": sum(self._retries.values()),
-            "fallbacks": sum(self._fallbacks.values()),
-            "circuit_breakers": self._breakers(),
-            "queue": {"enabled": False} if queue is None else {"enabled": True, **queue},
-            **({"memory": dict(self._memory_source())} if self._memory_source is not None else {}),
-            **({"store": self._store()} if self._store_source is not None else {}),
-            # for the dashboard: numbers a page can difference between two scrapes
-            "uptime_s": round(uptime, 3),
             "active": {"requests": self.active_requests, "streams": self.active_streams},
-            "latency": _histogram_json(DURATION_BUCKETS, dur_counts, dur_sum),
-            "ttft": _histogram_json(TTFT_BUCKETS, ttft_counts, ttft_sum),
-            "errors": {"by_type": dict(self._error_types), "by_status": by_status,
-                       "recent": list(self._recent_errors)},
+            "upstream_models": upstream_models,
+            "recent_errors": list(self._recent_errors),
+            "breakers": self._breakers() if self._breaker_source is not None else None,
+            "queue": self._queue(),
+            "cache": dict(self._cache_source()) if self._cache_source is not None else None,
+            "memory": dict(self._memory_source()) if self._memory_source is not None else None,
+            "store": self._store() if self._store_source is not None else None,
         }
 
     def _store(self) -> dict[str, Any]:
         h = self._store_source()
         return {"kind": h.get("kind", ""), "status": h.get("status", "ok"), "errors": int(h.get("errors", 0))}
 
+    def to_json(self) -> dict:
+        return render_json(self.snapshot())
+
     def to_prometheus(self) -> str:
         """Prometheus text exposition format 0.0.4 (Content-Type: text/plain; version=0.0.4)."""
-        out: list[str] = []
-        add = out.append
+        return render_prometheus(self.snapshot())
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            add(f"# HELP {name} {_escape_help(help_text)}")
-            add(f"# TYPE {name} {kind}")
 
-        def histogram(name: str, help_text: str, bounds: tuple[float, ...], attr: str) -> None:
-            family(name, "histogram", help_text)
-            les = [_num(b) for b in bounds] + ["+Inf"]
-            for (provider, model), s in self._series.items():
-                counts = getattr(s, attr + "_counts")
-                count = s.requests if attr == "dur" else s.ttft_count
-                if count == 0:
-                    continue
-                base = _labels(("provider", "model"), (provider, model))
-                cum = 0
-                for le, c in zip(les, counts):
-                    cum += c
-                    add(f'{name}_bucket{{{base},le="{le}"}} {cum}')
-                add(f"{name}_sum{{{base}}} {_num(getattr(s, attr + '_sum'))}")
-                add(f"{name}_count{{{base}}} {count}")
+# ---- rendering (from a snapshot: one process's, or the merged one of a worker group) ------------
 
-        pm = ("provider", "model")
+def _each_series(snap: dict) -> Iterable[tuple[str, str, dict]]:
+    for provider, models in snap["counters"]["series"].items():
+        for model, s in models.items():
+            yield provider, model, s
 
-        family("clasp_requests_total", "counter", "Requests finished, by provider, model and HTTP status.")
-        for (provider, model, status), n in self._requests.items():
-            add(f"clasp_requests_total{{{_labels(('provider', 'model', 'status'), (provider, model, status))}}} {n}")
 
-        family("clasp_requests_by_api_total", "counter",
-               "Routed requests by provider and the upstream API dialect they spoke (chat, responses).")
-        for (provider, api), n in self._apis.items():
+def render_json(snap: dict) -> dict:
+    """The ``GET /metrics`` document of a snapshot."""
+    c = snap["counters"]
+    uptime = snap["uptime_s"]
+    total = c["total"]
+    results = c["cache_results"]
+    hits = results.get("hit", 0)
+    misses = results.get("miss", 0)
+    cache_stats = snap["cache"]
+    upstream_models = snap["upstream_models"]
+    tokens: dict[str, dict[str, dict[str, int]]] = {}
+    dur_counts = [0] * (len(DURATION_BUCKETS) + 1)
+    ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+    dur_sum = ttft_sum = 0.0
+    for provider, model, s in _each_series(snap):
+        upstream_model = upstream_models.get(provider, {}).get(model)
+        tokens.setdefault(provider, {})[model] = {
+            "requests": s["requests"],
+            "input_tokens": s["input_tokens"],
+            "output_tokens": s["output_tokens"],
+            **({"upstream_model": upstream_model} if upstream_model else {}),
+        }
+        dur_counts = [a + b for a, b in zip(dur_counts, s["dur_counts"])]
+        ttft_counts = [a + b for a, b in zip(ttft_counts, s["ttft_counts"])]
+        dur_sum += s["dur_sum"]
+        ttft_sum += s["ttft_sum"]
+    upstream_errors: dict[str, int] = {}
+    for statuses in c["upstream_errors"].values():
+        for status, n in statuses.items():
+            upstream_errors[status] = upstream_errors.get(status, 0) + n
+    by_status: dict[str, int] = {}
+    for models in c["requests"].values():
+        for statuses in models.values():
+            for status, n in statuses.items():
+                if int(status) >= 400:
+                    by_status[status] = by_status.get(status, 0) + n
+    queue = snap["queue"]
+    return {
+        "requests": {
+            "total": total,
+            "successful": c["successful"],
+            "errors": c["errors"],
+            "streaming": c["streaming"],
+            "tool_calls": c["tool_calls"],
+            "success_rate": _pct(c["successful"], total),
+        },
+        "performance": {
+            "avg_latency_ms": f"{(c['latency_sum'] / total * 1000.0) if total else 0.0:.2f}",
+            "requests_per_sec": f"{(total / uptime) if uptime > 0 else 0.0:.2f}",
+        },
+        "cache": {
+            "enabled": cache_stats is not None,
+            "size": int(cache_stats.get("size", 0)) if cache_stats else 0,
+            "max_size": int(cache_stats.get("max_size", 0)) if cache_stats else 0,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": _pct(hits, hits + misses),
+        },
+        "uptime": go_duration(uptime),
+        "tokens": tokens,
+        "apis": {provider: dict(apis) for provider, apis in c["apis"].items()},
+        "upstream_errors": upstream_errors,
+        "retries": sum(c["retries"].values()),
+        "fallbacks": sum(n for dsts in c["fallbacks"].values() for n in dsts.values()),
+        "circuit_breakers": dict(snap["breakers"] or {}),
+        "queue": {"enabled": False} if queue is None else {"enabled": True, **queue},
+        **({"memory": dict(snap["memory"])} if snap["memory"] is not None else {}),
+        **({"store": dict(snap["store"])} if snap.get("store") is not None else {}),
+        # for the dashboard: numbers a page can difference between two scrapes
+        "uptime_s": round(uptime, 3),
+        "active": dict(snap["active"]),
+        "latency": _histogram_json(DURATION_BUCKETS, dur_counts, dur_sum),
+        "ttft": _histogram_json(TTFT_BUCKETS, ttft_counts, ttft_sum),
+        "errors": {"by_type": dict(c["error_types"]), "by_status": by_status,
+                   "recent": list(snap["recent_errors"])},
+    }
+
+
+def render_prometheus(snap: dict) -> str:
+    """Prometheus text exposition format 0.0.4 of a snapshot."""
+    c = snap["counters"]
+    out: list[str] = []
+    add = out.append
+
+    def family(name: str, kind: str, help_text: str) -> None:
+        add(f"# HELP {name} {_escape_help(help_text)}")
+        add(f"# TYPE {name} {kind}")
+
+    def histogram(name: str, help_text: str, bounds: tuple[float, ...], attr: str) -> None:
+        family(name, "histogram", help_text)
+        les = [_num(b) for b in bounds] + ["+Inf"]
+        for provider, model, s in _each_series(snap):
+            counts = s[attr + "_counts"]
+            count = s["requests"] if attr == "dur" else s["ttft_count"]
+            if count == 0:
+                continue
+            base = _labels(("provider", "model"), (provider, model))
+            cum = 0
+            for le, n in zip(les, counts):
+                cum += n
+                add(f'{name}_bucket{{{base},le="{le}"}} {cum}')
+            add(f"{name}_sum{{{base}}} {_num(s[attr + '_sum'])}")
+            add(f"{name}_count{{{base}}} {count}")
+
+    pm = ("provider", "model")
+
+    family("clasp_requests_total", "counter", "Requests finished, by provider, model and HTTP status.")
+    for provider, models in c["requests"].items():
+        for model, statuses in models.items():
+            for status, n in statuses.items():
+                add(f"clasp_requests_total{{{_labels(('provider', 'model', 'status'), (provider, model, status))}}} {n}")
+
+    family("clasp_requests_by_api_total", "counter",
+           "Routed requests by provider and the upstream API dialect they spoke (chat, responses).")
+    for provider, apis in c["apis"].items():
+        for api, n in apis.items():
             add(f"clasp_requests_by_api_total{{{_labels(('provider', 'api'), (provider, api))}}} {n}")
 
-        family("clasp_streaming_requests_total", "counter", "Streaming requests finished.")
-        for key, s in self._series.items():
-            if s.streaming:
-                add(f"clasp_streaming_requests_total{{{_labels(pm, key)}}} {s.streaming}")
+    family("clasp_streaming_requests_total", "counter", "Streaming requests finished.")
+    for provider, model, s in _each_series(snap):
+        if s["streaming"]:
+            add(f"clasp_streaming_requests_total{{{_labels(pm, (provider, model))}}} {s['streaming']}")
 
-        family("clasp_tool_calls_total", "counter", "Tool calls returned to clients.")
-        for key, s in self._series.items():
-            if s.tool_calls:
-                add(f"clasp_tool_calls_total{{{_labels(pm, key)}}} {s.tool_calls}")
+    family("clasp_tool_calls_total", "counter", "Tool calls returned to clients.")
+    for provider, model, s in _each_series(snap):
+        if s["tool_calls"]:
+            add(f"clasp_tool_calls_total{{{_labels(pm, (provider, model))}}} {s['tool_calls']}")
 
-        family("clasp_tokens_total", "counter", "Tokens reported by upstreams, by direction (input, output).")
-        for key, s in self._series.items():
-            base = _labels(pm, key)
-            add(f'clasp_tokens_total{{{base},type="input"}} {s.input_tokens}')
-            add(f'clasp_tokens_total{{{base},type="output"}} {s.output_tokens}')
+    family("clasp_tokens_total", "counter", "Tokens reported by upstreams, by direction (input, output).")
+    for provider, model, s in _each_series(snap):
+        base = _labels(pm, (provider, model))
+        add(f'clasp_tokens_total{{{base},type="input"}} {s["input_tokens"]}')
+        add(f'clasp_tokens_total{{{base},type="output"}} {s["output_tokens"]}')
 
-        histogram("clasp_request_duration_seconds", "Time from request received to response finished.",
-                  DURATION_BUCKETS, "dur")
-        histogram("clasp_time_to_first_token_seconds", "Time from request received to the first streamed token.",
-                  TTFT_BUCKETS, "ttft")
+    histogram("clasp_request_duration_seconds", "Time from request received to response finished.",
+              DURATION_BUCKETS, "dur")
+    histogram("clasp_time_to_first_token_seconds", "Time from request received to the first streamed token.",
+              TTFT_BUCKETS, "ttft")
 
-        family("clasp_upstream_errors_total", "counter", "Failed upstream attempts, by HTTP status or transport error.")
-        for (provider, status), n in self._upstream_errors.items():
+    family("clasp_upstream_errors_total", "counter", "Failed upstream attempts, by HTTP status or transport error.")
+    for provider, statuses in c["upstream_errors"].items():
+        for status, n in statuses.items():
             add(f"clasp_upstream_errors_total{{{_labels(('provider', 'status'), (provider, status))}}} {n}")
 
-        family("clasp_retries_total", "counter", "Upstream attempts retried by the proxy.")
-        for provider, n in self._retries.items():
-            add(f"clasp_retries_total{{{_labels(('provider',), (provider,))}}} {n}")
+    family("clasp_retries_total", "counter", "Upstream attempts retried by the proxy.")
+    for provider, n in c["retries"].items():
+        add(f"clasp_retries_total{{{_labels(('provider',), (provider,))}}} {n}")
 
-        family("clasp_fallbacks_total", "counter", "Requests moved to a fallback target.")
-        for (src, dst), n in self._fallbacks.items():
+    family("clasp_fallbacks_total", "counter", "Requests moved to a fallback target.")
+    for src, dsts in c["fallbacks"].items():
+        for dst, n in dsts.items():
             add(f"clasp_fallbacks_total{{{_labels(('from', 'to'), (src, dst))}}} {n}")
 
-        family("clasp_cache_requests_total", "counter", "Cacheable requests by cache result (hit, miss).")
-        for result, n in self._cache_results.items():
-            add(f"clasp_cache_requests_total{{{_labels(('result',), (result,))}}} {n}")
+    family("clasp_cache_requests_total", "counter", "Cacheable requests by cache result (hit, miss).")
+    for result, n in c["cache_results"].items():
+        add(f"clasp_cache_requests_total{{{_labels(('result',), (result,))}}} {n}")
 
-        if self._cache_source is not None:
-            stats = self._cache_source()
-            family("clasp_cache_size", "gauge", "Entries in the response cache.")
-            add(f"clasp_cache_size {_num(stats.get('size', 0))}")
-            family("clasp_cache_max_size", "gauge", "Capacity of the response cache.")
-            add(f"clasp_cache_max_size {_num(stats.get('max_size', 0))}")
-            if "evictions" in stats:
-                family("clasp_cache_evictions_total", "counter", "Cache entries evicted to make room (LRU).")
-                add(f"clasp_cache_evictions_total {_num(stats['evictions'])}")
+    stats = snap["cache"]
+    if stats is not None:
+        family("clasp_cache_size", "gauge", "Entries in the response cache.")
+        add(f"clasp_cache_size {_num(stats.get('size', 0))}")
+        family("clasp_cache_max_size", "gauge", "Capacity of the response cache.")
+        add(f"clasp_cache_max_size {_num(stats.get('max_size', 0))}")
+        if "evictions" in stats:
+            family("clasp_cache_evictions_total", "counter", "Cache entries evicted to make room (LRU).")
+            add(f"clasp_cache_evictions_total {_num(stats['evictions'])}")
 
-        family("clasp_circuit_breaker_state", "gauge",
-               "Circuit breaker state per target: 1 for the current state, 0 for the others.")
-        for target, state in self._breakers().items():
-            states = BREAKER_STATES if state in BREAKER_STATES else BREAKER_STATES + (state,)
-            for st in states:
-                labels = _labels(("target", "state"), (target, st))
-                add(f"clasp_circuit_breaker_state{{{labels}}} {1 if st == state else 0}")
+    family("clasp_circuit_breaker_state", "gauge",
+           "Circuit breaker state per target: 1 for the current state, 0 for the others.")
+    for target, state in (snap["breakers"] or {}).items():
+        states = BREAKER_STATES if state in BREAKER_STATES else BREAKER_STATES + (state,)
+        for st in states:
+            labels = _labels(("target", "state"), (target, st))
+            add(f"clasp_circuit_breaker_state{{{labels}}} {1 if st == state else 0}")
 
-        queue = self._queue()
-        if queue is not None:
-            family("clasp_queue_depth", "gauge", "Requests waiting in the queue.")
-            add(f"clasp_queue_depth {_num(queue.get('depth', 0))}")
-            if "max_size" in queue:
-                family("clasp_queue_max_size", "gauge", "Capacity of the request queue.")
-                add(f"clasp_queue_max_size {_num(queue['max_size'])}")
+    queue = snap["queue"]
+    if queue is not None:
+        family("clasp_queue_depth", "gauge", "Requests waiting in the queue.")
+        add(f"clasp_queue_depth {_num(queue.get('depth', 0))}")
+        if "max_size" in queue:
+            family("clasp_queue_max_size", "gauge", "Capacity of the request queue.")
+            add(f"clasp_queue_max_size {_num(queue['max_size'])}")
 
-        if self._store_source is not None:
-            store = self._store()
-            kind = _labels(("store",), (store["kind"],))
-            family("clasp_store_up", "gauge", "1 while the state store answers, 0 while degraded (e.g. Redis unreachable).")
-            add(f"clasp_store_up{{{kind}}} {1 if store['status'] == 'ok' else 0}")
-            family("clasp_store_errors_total", "counter",
-                   "Operations that could not use the state store (it failed or was down): each fell back to "
-                   "per-process state, missed the cache, or was refused (fail-closed).")
-            add(f"clasp_store_errors_total{{{kind}}} {store['errors']}")
+    store = snap.get("store")
+    if store is not None:
+        kind = _labels(("store",), (store["kind"],))
+        family("clasp_store_up", "gauge", "1 while the state store answers, 0 while degraded (e.g. Redis unreachable).")
+        add(f"clasp_store_up{{{kind}}} {1 if store['status'] == 'ok' else 0}")
+        family("clasp_store_errors_total", "counter",
+               "Operations that could not use the state store (it failed or was down): each fell back to "
+               "per-process state, missed the cache, or was refused (fail-closed).")
+        add(f"clasp_store_errors_total{{{kind}}} {store['errors']}")
 
-        if self._memory_source is not None:
-            memory = self._memory_source()
-            if memory.get("rss_bytes") is not None:
-                family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-                add(f"process_resident_memory_bytes {_num(memory['rss_bytes'])}")
-            family("clasp_memory_trims_total", "counter", "Times freed memory was returned to the OS when idle.")
-            add(f"clasp_memory_trims_total {_num(memory.get('trims', 0))}")
+    memory = snap["memory"]
+    if memory is not None:
+        if memory.get("rss_bytes") is not None:
+            family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+            add(f"process_resident_memory_bytes {_num(memory['rss_bytes'])}")
+        family("clasp_memory_trims_total", "counter", "Times freed memory was returned to the OS when idle.")
+        add(f"clasp_memory_trims_total {_num(memory.get('trims', 0))}")
 
-        family("clasp_uptime_seconds", "gauge", "Seconds since the proxy started.")
-        add(f"clasp_uptime_seconds {_num(round(self.uptime_s(), 3))}")
+    family("clasp_uptime_seconds", "gauge", "Seconds since the proxy started.")
+    add(f"clasp_uptime_seconds {_num(round(snap['uptime_s'], 3))}")
 
-        add("")
-        return "\n".join(out)
+    add("")
+    return "\n".join(out)
+
+
+# ---- merging the snapshots of a worker group --------------------------------------------------
+
+# When workers disagree about a target's breaker, the group reports the worst state any is in.
+_BREAKER_RANK = {"closed": 0, "half_open": 2, "open": 3}
+
+
+def _add_into(dst: dict, src: Mapping) -> None:
+    """dst += src, field by field: numbers added, lists of numbers added element-wise, dicts walked."""
+    for k, v in src.items():
+        have = dst.get(k)
+        if isinstance(v, Mapping):
+            if not isinstance(have, dict):
+                have = dst[k] = {}
+            _add_into(have, v)
+        elif isinstance(v, list):
+            if isinstance(have, list) and len(have) == len(v):
+                dst[k] = [a + b for a, b in zip(have, v)]
+            else:
+                dst[k] = list(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            dst[k] = (have if isinstance(have, (int, float)) else 0) + v
+        elif have is None:
+            dst[k] = v
+
+
+def merge_snapshots(snaps: Iterable[dict], *, uptime_s: float, live: Callable[[dict], bool] = lambda s: True) -> dict:
+    """One snapshot for a group of processes: counters summed (so the merged counters only grow as
+    long as each process's snapshots do), gauges of the processes still running summed
+    (``live``: False for a process that has exited: it keeps its counters, not its gauges),
+    breakers at the worst state, the most recent errors of all, and the given uptime."""
+    counters: dict = {}
+    active: dict = {}
+    upstream_models: dict = {}
+    recent: list[dict] = []
+    breakers: dict | None = None
+    queue: dict | None = None
+    cache: dict | None = None
+    memory: dict | None = None
+    store: dict | None = None
+    for snap in snaps:
+        _add_into(counters, snap["counters"])
+        recent.extend(snap["recent_errors"])
+        for provider, models in snap["upstream_models"].items():
+            upstream_models.setdefault(provider, {}).update(models)
+        if snap["memory"] is not None:  # trims are a counter; resident memory only of running ones
+            memory = memory or {"rss_bytes": None, "trims": 0}
+            memory["trims"] += snap["memory"].get("trims", 0)
+            if live(snap) and snap["memory"].get("rss_bytes") is not None:
+                memory["rss_bytes"] = (memory["rss_bytes"] or 0) + snap["memory"]["rss_bytes"]
+        if snap.get("store") is not None:  # errors are a counter; degraded if any running one is
+            own = snap["store"]
+            store = store or {"kind": own["kind"], "status": "ok", "errors": 0}
+            store["errors"] += own["errors"]
+            if live(snap) and own["status"] != "ok":
+                store["status"] = own["status"]
+        if not live(snap):
+            continue
+        _add_into(active, snap["active"])
+        if snap["breakers"] is not None:
+            breakers = breakers if breakers is not None else {}
+            for target, state in snap["breakers"].items():
+                if _BREAKER_RANK.get(state, 1) >= _BREAKER_RANK.get(breakers.get(target, "closed"), 1):
+                    breakers[target] = state
+        if snap["queue"] is not None:
+            queue = queue if queue is not None else {}
+            _add_into(queue, snap["queue"])
+        if snap["cache"] is not None:
+            cache = cache if cache is not None else {}
+            _add_into(cache, snap["cache"])
+    recent.sort(key=lambda e: e.get("time", 0))
+    return {"uptime_s": uptime_s, "counters": counters, "active": active or {"requests": 0, "streams": 0},
+            "upstream_models": upstream_models, "recent_errors": recent[-RECENT_ERRORS:],
+            "breakers": breakers, "queue": queue, "cache": cache, "memory": memory,
+            "store": store}

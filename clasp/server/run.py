@@ -106,15 +106,20 @@ def connection_limit(cfg: Config, open_files: int | None, upstream_origins: int)
 
 
 async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
-                sock: socket.socket | None = None, log_stream=None) -> int:
-    """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code."""
+                sock: socket.socket | None = None, log_stream=None, group: socket.socket | None = None) -> int:
+    """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code. ``group``: a
+    worker's end of the socketpair to the parent of a ``-workers N`` group."""
     import asyncio
 
     from clasp.app import App
     from clasp.server.http import HTTPServer, ServerLimits
 
     open_files = raise_open_file_limit()
-    app = App(cfg, log_stream=log_stream)
+    link = None
+    if group is not None:
+        from clasp.store.group import GroupLink
+        link = await GroupLink.connect(group)
+    app = App(cfg, log_stream=log_stream, group=link)
     max_connections = connection_limit(cfg, open_files, len(app.router.targets))
     server = HTTPServer(app.handle, ServerLimits(cfg.max_body_size, cfg.header_timeout, cfg.idle_timeout,
                                                    cfg.write_timeout, max_connections))
@@ -144,44 +149,97 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
 
 
 def run_workers(cfg: Config) -> int:
-    """N processes accept on one port with SO_REUSEPORT (Linux, BSD); the parent supervises."""
+    """N processes accept on one port with SO_REUSEPORT (Linux, BSD); the parent supervises them
+    and holds the group's shared state (rate limits, counters, cache; clasp.store.hub), which each
+    worker reaches over a socketpair of its own, made before fork. Metrics scraped from any worker
+    are the group's totals."""
     import asyncio
 
     if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
         log.warning("this platform has no SO_REUSEPORT/fork: running one worker")
         return asyncio.run(serve(cfg))
-    children: list[int] = []
-    for _ in range(cfg.workers):
+    pairs = [socket.socketpair() for _ in range(cfg.workers)]
+    children: dict[int, socket.socket] = {}
+    for i in range(cfg.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = asyncio.run(serve(cfg))
+                for j, (parent_end, worker_end) in enumerate(pairs):
+                    parent_end.close()
+                    if j != i:
+                        worker_end.close()
+                code = asyncio.run(serve(cfg, group=pairs[i][1]))
             except KeyboardInterrupt:
                 code = 0
             except BaseException:
                 log.exception("worker failed")
             finally:
                 os._exit(code)
-        children.append(pid)
+        children[pid] = pairs[i][0]
+    for _, worker_end in pairs:
+        worker_end.close()
+    return asyncio.run(_supervise(cfg, children))
 
-    def forward(signum, _frame):
-        for child in children:
+
+async def _supervise(cfg: Config, children: dict[int, socket.socket]) -> int:
+    """The parent: serve the workers' store and metrics requests, forward SIGINT/SIGTERM to them,
+    and return once all have exited (the first positive exit code of a worker, else 0). A worker
+    that dies leaves the others serving."""
+    import asyncio
+    import threading
+
+    from clasp.store.hub import Hub
+    from clasp.store.local import LocalStore
+
+    loop = asyncio.get_running_loop()
+    hub = Hub(LocalStore(cache_max_size=cfg.cache_max_size))
+    for pid, sock in children.items():
+        await hub.add_worker(pid, sock)
+    running = set(children)
+    all_exited = asyncio.Event()
+    stopping = False
+    code = 0
+
+    def forward(signum: int) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in list(running):
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    code = 0
-    for child in children:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+
+    def exited(pid: int, rc: int) -> None:
+        nonlocal code
+        running.discard(pid)
+        hub.worker_exited(pid)
+        code = code or (rc if rc > 0 else 0)
+        if not stopping and running:
+            log.warning("worker %d exited (%s); %d still serving", pid,
+                        f"signal {-rc}" if rc < 0 else f"exit code {rc}", len(running))
+        if not running:
+            all_exited.set()
+
+    def reap() -> None:  # waitpid blocks: a thread, reporting each exit to the loop
         while True:
             try:
-                _, status = os.waitpid(child, 0)
-                break
+                pid, status = os.waitpid(-1, 0)
             except InterruptedError:
                 continue
-        rc = os.waitstatus_to_exitcode(status)
-        code = code or (rc if rc > 0 else 0)
+            except ChildProcessError:
+                return
+            if pid in children:
+                loop.call_soon_threadsafe(exited, pid, os.waitstatus_to_exitcode(status))
+
+    threading.Thread(target=reap, name="clasp-reaper", daemon=True).start()
+    try:
+        await all_exited.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await hub.close()
     return code
