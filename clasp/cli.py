@@ -98,7 +98,8 @@ DOCTOR_USAGE = """usage: python -m clasp doctor [--json] [clasp flags]
 
 Checks what this configuration will do, target by target (each Claude tier, fallbacks):
 network (DNS, TCP, TLS, proxy), the key (GET /models), the model (a 1-token completion,
-streaming, a forced tool call, reasoning, context window) and the server kind. Flags,
+streaming, a forced tool call, reasoning, context window), the server kind, and where
+Claude Code's WebSearch goes. Flags,
 environment and config file are read as the proxy reads them. Prints a verdict per line
 and the fix for each failure; exits 0 if the primary path works, 1 if not, 2 for a
 configuration error. --json prints the same report as JSON."""

@@ -73,8 +73,9 @@ def test_a_working_upstream_passes_every_check_and_exits_0(lt, env, capsys):
     finally:
         up.close()
     assert code == 0, out
-    verdicts = re.findall(r"^  (OK|WARN|FAIL|SKIP) ", out, re.M)
+    verdicts = re.findall(r"^  (OK|WARN|FAIL|SKIP) (?!\s*web search)", out, re.M)
     assert verdicts and set(verdicts) == {"OK"}, out
+    assert lines(out)["web search"].startswith("  WARN"), out  # a custom server has no web search
     for name in ("opus", "sonnet", "haiku", "proxy", "dns", "tcp", "key", "server kind", "listed",
                  "completion", "streaming", "tool call", "reasoning", "context window"):
         assert name in lines(out), (name, out)
@@ -306,7 +307,7 @@ def test_a_responses_dialect_route_is_checked_over_v1_responses(lt, env, capsys)
         up.close()
     assert code == 0, out
     assert "(responses dialect)" in out and "/v1/responses" in out
-    assert set(re.findall(r"^  (OK|WARN|FAIL|SKIP) ", out, re.M)) == {"OK"}, out
+    assert set(re.findall(r"^  (OK|WARN|FAIL|SKIP) (?!\s*web search)", out, re.M)) == {"OK"}, out
 
 
 def test_no_model_configured_is_a_warning_with_the_setting(lt, env, capsys):
@@ -349,3 +350,56 @@ def test_redis_reachability_is_checked_and_its_password_never_shown(lt, env, cap
     finally:
         up.close()
         lt.run(redis.stop())
+
+
+def _search_line(*argv: str, **env: str) -> Check:
+    """The doctor's web-search line for a configuration (a pure check: nothing is sent)."""
+    from clasp.config import load_config
+    from clasp.ops.doctor import Doctor
+    cfg, _ = load_config(list(argv), {"HOME": "/nonexistent", **env})
+    checker = Doctor(cfg, {})
+    checker.check_web_search()
+    found = [c for c in checker.report.checks if c.name == "web search"]
+    assert len(found) == 1, checker.report.checks
+    return found[0]
+
+
+def test_web_search_names_where_searches_go_and_warns_when_nowhere():
+    configured = _search_line("-provider", "custom", "-model", "m1", "-web-search", "openai,gpt-5-mini",
+                              CUSTOM_BASE_URL="http://127.0.0.1:9/v1", OPENAI_API_KEY=FAKE_KEY)
+    assert configured.verdict == "OK" and "-web-search" in configured.detail
+    assert "openai: model gpt-5-mini at https://api.openai.com/v1/responses" in configured.detail
+    own = _search_line("-provider", "openai", "-model", "gpt-4o", OPENAI_API_KEY=FAKE_KEY)
+    assert own.verdict == "OK" and "own" in own.detail
+    assert "openai: model gpt-4o at https://api.openai.com/v1/responses" in own.detail
+    router = _search_line("-provider", "openrouter", "-model", "openai/gpt-4o-mini", OPENROUTER_API_KEY=FAKE_KEY)
+    assert router.verdict == "OK" and "own" in router.detail and "openrouter: model openai/gpt-4o-mini" in router.detail
+    nowhere = _search_line("-provider", "custom", "-model", "m1", CUSTOM_BASE_URL="http://127.0.0.1:9/v1")
+    assert nowhere.verdict == "WARN" and not nowhere.primary  # Claude Code still works, without WebSearch
+    assert nowhere.detail.startswith("unavailable (set -web-search / CLASP_WEB_SEARCH)")
+    assert "custom model 'm1' has no native web search" in nowhere.detail and "CLASP_WEB_SEARCH" in nowhere.fix
+    other_host = _search_line("-provider", "openai", "-model", "gpt-4o", OPENAI_API_KEY=FAKE_KEY,
+                              OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    assert other_host.verdict == "WARN" and "127.0.0.1 is not api.openai.com" in other_host.detail
+
+
+def test_web_search_per_tier_when_the_tiers_differ():
+    line = _search_line("-provider", "custom", "-model", "m1", "-multi-provider", CUSTOM_BASE_URL="http://127.0.0.1:9/v1",
+                        CLASP_OPUS_PROVIDER="openrouter", CLASP_OPUS_MODEL="openai/gpt-4o", OPENROUTER_API_KEY=FAKE_KEY)
+    assert line.verdict == "WARN"
+    assert line.detail.startswith("opus: -> opus:openrouter: model openai/gpt-4o"), line.detail
+    assert "sonnet, haiku: unavailable (set -web-search / CLASP_WEB_SEARCH)" in line.detail
+
+
+def test_the_web_search_line_is_in_the_run_and_a_bad_target_is_a_configuration_error(lt, env, capsys):
+    up = FakeUpstream(lt, working)
+    try:
+        env.setenv("CUSTOM_BASE_URL", up.url)
+        code, out = doctor(capsys, "--json")
+    finally:
+        up.close()
+    assert code == 0, out
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["web search"]["verdict"] == "WARN" and checks["web search"]["section"] == "configuration"
+    code, out = doctor(capsys, "-web-search", "custom,m1")
+    assert code == 2 and "no native web search" in out

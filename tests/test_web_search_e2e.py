@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import FakeUpstream, Proxy, Reply, accumulate, json_reply, sse_reply
+from harness import FakeUpstream, Proxy, Reply, accumulate, completion, json_reply, sse_reply
+
+from clasp.pipeline import web_search as web_search_pipeline
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code" / "web_search"
 SIDE_REQUEST = json.loads((FIXTURES / "web_search_request.json").read_text())
@@ -262,12 +264,64 @@ def test_no_native_search_answers_unavailable_without_calling_the_upstream(lt, u
     assert len(warnings) == 1 and warnings[0].levelname == "WARNING"  # once, not once per request
 
 
-def test_an_openai_chat_model_without_search_is_unavailable_too(lt, upstream, proxies):
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_openai_chat_model_searches_on_the_responses_api(lt, upstream, proxies, monkeypatch, stream):
+    # OpenAI's own API (here the fake upstream's host) with a plain chat model
+    monkeypatch.setattr(web_search_pipeline, "OPENAI_API_HOST", "127.0.0.1")
+    upstream.script = reply_for("responses", stream)
+    p = openai_proxy(lt, proxies, upstream, "gpt-4o")
+    status, headers, out = side_request(p, stream)
+    assert status == 200, out
+    seen = upstream.requests[-1]
+    assert seen.target == "/v1/responses" and seen.headers["authorization"] == "Bearer sk-test-key"
+    body = seen.json()
+    assert body["model"] == "gpt-4o" and body["tools"] == [{"type": "web_search"}]
+    view = claude_code_view(out["message"])
+    assert view["searches"] == 1 and view["requests"] == 1
+    assert view["links"] == [[{"title": PY[1], "url": PY[0]}, {"title": DOCS[0], "url": DOCS[0]},
+                              {"title": PEP[1], "url": PEP[0]}]]
+    assert view["text"] == "I'll search for the Python 3.13 release date." + ANSWER
+    assert headers["x-clasp-provider"] == "openai"
+    # the conversation itself stays on Chat Completions
+    upstream.script = lambda seen: json_reply(completion("hi"))
+    status, _, _ = p.post({"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and upstream.requests[-1].target == "/v1/chat/completions"
+
+
+def test_an_openai_chat_model_on_another_base_url_is_unavailable(lt, upstream, proxies):
+    # an OpenAI-compatible server other than api.openai.com may have no /v1/responses
     p = openai_proxy(lt, proxies, upstream, "gpt-4o")
     status, _, out = side_request(p, False)
-    assert claude_code_view(out["message"])["links"] == ["Web search error: unavailable"]
+    view = claude_code_view(out["message"])
+    assert view["links"] == ["Web search error: unavailable"]
+    assert "not api.openai.com" in view["text"] and "CLASP_WEB_SEARCH" in view["text"]
     assert upstream.requests == []
 
+
+
+def test_where_a_search_goes_keeps_the_requests_own_target_its_key_and_base_url():
+    from clasp.config import load_config
+    from clasp.pipeline.web_search import search_route
+    from clasp.routing.providers import Router
+    env = {"HOME": "/nonexistent", "OPENAI_API_KEY": "sk-main", "CLASP_OPUS_API_KEY": "sk-opus",
+           "AZURE_API_KEY": "az", "AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com", "AZURE_DEPLOYMENT_NAME": "d"}
+
+    def where(*argv: str, requested: str = "claude-sonnet-4-5"):
+        route, style = search_route(Router(load_config(list(argv), env)[0]), None, requested)
+        return style, route.api, route.model, route.url, dict(route.target.headers).get("Authorization")
+
+    # an opus tier on its own OpenAI key: its search uses that key, not the main target's
+    tiers = ["-provider", "openai", "-model", "gpt-4o", "-multi-provider"]
+    env.update({"CLASP_OPUS_PROVIDER": "openai", "CLASP_OPUS_MODEL": "gpt-4.1"})
+    assert where(*tiers, requested="claude-opus-4-1") == (
+        "responses", "responses", "gpt-4.1", "https://api.openai.com/v1/responses", "Bearer sk-opus")
+    assert where(*tiers) == ("responses", "responses", "gpt-4o", "https://api.openai.com/v1/responses", "Bearer sk-main")
+    # api.openai.com named explicitly is still OpenAI; another host or Azure is not
+    env["OPENAI_BASE_URL"] = "https://api.openai.com/v1/"
+    assert where("-provider", "openai", "-model", "gpt-5-mini", "-openai-api", "chat")[:2] == ("responses", "responses")
+    env["OPENAI_BASE_URL"] = "http://127.0.0.1:8000/v1"
+    assert where("-provider", "openai", "-model", "gpt-4o")[:2] == (None, "chat")
+    assert where("-provider", "azure")[0] is None
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_the_web_search_target_serves_searches_of_a_provider_without_search(lt, upstream, proxies, stream):

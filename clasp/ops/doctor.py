@@ -1,7 +1,8 @@
 """`python -m clasp doctor [clasp flags]`: what the configuration will do, checked target by target.
 
 The configuration is loaded exactly as the server loads it (flags > env > file) and the Router
-built from it; then, for every route a Claude tier (and its fallbacks) resolves to: network (DNS,
+built from it; where Claude Code's WebSearch goes (the routing decision the server makes); then,
+for every route a Claude tier (and its fallbacks) resolves to: network (DNS,
 TCP, TLS, proxy), auth (GET /models), the model (listed, a 1-token completion, streaming with
 stream_options, a forced tool call, reasoning output, the context window) and the server kind.
 The requests are the ones clasp itself would send (its translator and capabilities), as small as
@@ -23,9 +24,11 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from clasp.config import TIERS, Config, ConfigError, parse_model_flags
+from clasp.pipeline.web_search import configured_search_route, search_route, unavailable_reason
 from clasp.redaction import redact
 from clasp.routing.providers import KEY_ENV, Route, Router, Target
 from clasp.translate.capabilities import Capabilities, capabilities_for
+from clasp.translate.web_search import SETTING_HINT
 from clasp.upstream.client import UpstreamClient, UpstreamError, proxy_bypassed
 from clasp.upstream.servers import UNKNOWN, ServerInfo, ServerRegistry, root_url
 
@@ -38,6 +41,8 @@ REQUEST_TIMEOUT_S = 20.0   # one model request (a local server may need a moment
 CLAUDE_CODE_PROMPT_TOKENS = 12_325
 CONTEXT_NEEDED = 20_000
 _MAX_BODY = 1024 * 1024
+SEARCH_STYLES = {"responses": "the Responses API's web_search tool", "chat": "the search model's web_search_options",
+                 "openrouter": "OpenRouter's web plugin"}
 _PROBE_TOOL = {"name": "get_weather", "description": "Get the weather of a city.",
                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
                                 "required": ["city"]}}
@@ -215,6 +220,8 @@ class Doctor:
             capabilities_for(self.router.primary.provider, self.router.primary.default_model, self.model_flags)
         except ValueError as e:
             raise ConfigError(f"CLASP_MODEL_FLAGS: {e}") from None
+        # the server refuses to start on a bad -web-search too
+        self.search_target = configured_search_route(self.router, cfg.web_search) if cfg.web_search else None
         self.client = _CountingClient(connect_timeout=net_timeout, read_timeout=request_timeout, pool_size=4,
                                      env=env)
         self.servers = ServerRegistry(self.client, enabled=cfg.probe_upstream)
@@ -253,6 +260,7 @@ class Doctor:
                          f"{shown_url(route.url, self.secrets)} ({route.api} dialect)"
                          + (": no model configured, Claude Code's model names are sent as they are" if unset else ""),
                          f"set -model / CLASP_MODEL (or CLASP_MODEL_{label.split()[0].upper()})" if unset else "")
+            self.check_web_search()
             if self.cfg.redis_url:
                 await self.check_store()
             done: dict[str, bool] = {}
@@ -290,6 +298,27 @@ class Doctor:
             await client.close()
         self.add("", "configuration", "shared state", OK,
                  f"Redis at {where} answers (key prefix {self.cfg.redis_prefix!r})")
+
+    def check_web_search(self) -> None:
+        """Where Claude Code's WebSearch side requests go. They carry the main-loop model, whatever
+        its tier: one line, per tier only when the tiers differ. Nowhere is a warning, not a
+        failure: Claude Code works, its WebSearch answers "Web search error: unavailable"."""
+        where: dict[tuple, tuple[Route, str | None, list[str]]] = {}
+        for tier in TIERS:
+            route, style = search_route(self.router, self.search_target, f"claude-{tier}")
+            where.setdefault((route.target.name, route.model, route.api, style), (route, style, []))[2].append(tier)
+        parts = []
+        for route, style, tiers in where.values():
+            if style is None:
+                text = f"unavailable (set -web-search / CLASP_WEB_SEARCH): {unavailable_reason(route)}"
+            else:
+                whose = "the -web-search target" if self.search_target is not None else "the target's own search"
+                text = (f"-> {route.target.name}: model {route.model} at {shown_url(route.url, self.secrets)} "
+                        f"({whose}: {SEARCH_STYLES[style]})")
+            parts.append(text if len(where) == 1 else f"{', '.join(tiers)}: {text}")
+        nowhere = any(style is None for _, style, _ in where.values())
+        self.add("", "configuration", "web search", WARN if nowhere else OK, "; ".join(parts),
+                 SETTING_HINT if nowhere else "")
 
     # ---- network
 

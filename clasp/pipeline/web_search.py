@@ -3,22 +3,25 @@ web_search server tool (Claude Code's WebSearch side request) goes to a target w
 search, with that search turned on, and its reply becomes server_tool_use /
 web_search_tool_result blocks and cited text (translate/web_search.py).
 
-Where it goes: the web-search target (-web-search provider,model / CLASP_WEB_SEARCH), else the
-request's own target when its provider searches natively. Without either the client gets an
-honest `unavailable` search result naming the setting, without any upstream call, and the log
-one warning.
+Where it goes (`search_route`, which `clasp doctor` reports too): the web-search target
+(-web-search provider,model / CLASP_WEB_SEARCH), else the request's own target when its provider
+searches natively (OpenAI's own API on the Responses dialect, whatever the request's dialect).
+Without either the client gets an honest `unavailable` search result naming the setting, without
+any upstream call, and the log one warning.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 from clasp.config import APIS, PROVIDERS, Config, ConfigError
 from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.exchange import CachedResponse, Exchange
 from clasp.pipeline.relay import SSE_HEADERS, Relay
 from clasp.pipeline.wire import JSON_HEADER, json_bytes
-from clasp.routing.providers import Route, Router
+from clasp.routing.providers import Route, Router, Target
 from clasp.server.http import Responder
 from clasp.translate.sse import encode_events
 from clasp.translate.stream import events_from_message
@@ -37,11 +40,13 @@ from clasp.translate.web_search import (
 )
 
 log = logging.getLogger("clasp")
+# OpenAI's own API, where every chat model can search through the Responses API's web_search tool
+OPENAI_API_HOST = "api.openai.com"
 
-__all__ = ["WebSearch", "web_search_request"]
+__all__ = ["WebSearch", "configured_search_route", "search_route", "unavailable_reason", "web_search_request"]
 
 
-def _configured_route(router: Router, value: str) -> tuple[Route, str]:
+def configured_search_route(router: Router, value: str) -> tuple[Route, str]:
     """-web-search "provider,model" (provider may be "provider@api") -> (route, search style)."""
     head, comma, model = value.partition(",")
     provider, at, api = head.strip().partition("@")
@@ -65,20 +70,53 @@ def _configured_route(router: Router, value: str) -> tuple[Route, str]:
     return route, style
 
 
+def _is_openai_api(target: Target) -> bool:
+    """OpenAI's own API, not another OpenAI-compatible server behind OPENAI_BASE_URL (or a tier's
+    or the fallback's base URL), which may have no /v1/responses."""
+    return urlsplit(target.responses_url).hostname == OPENAI_API_HOST
+
+
+def own_search(route: Route) -> tuple[Route, str | None]:
+    """The native search of a request's own route and its style (None: it has none)."""
+    style = search_style(route.target.provider, route.model, route.api)
+    if style is None and route.target.provider == "openai" and route.api == "chat" and _is_openai_api(route.target):
+        # OpenAI searches with any chat model through the Responses API's web_search tool: the
+        # same target (its key, the Responses URL under its base URL) and model on that dialect
+        return replace(route, api="responses"), "responses"
+    return route, style
+
+
+def search_route(router: Router, target: tuple[Route, str] | None, requested: str) -> tuple[Route, str | None]:
+    """Where a web search for the requested model goes and its search style (None: nowhere, the
+    answer is "unavailable"): the -web-search `target`, else the request's own primary route."""
+    if target is not None:
+        return target
+    return own_search(routes_for(router, requested)[0])
+
+
+def unavailable_reason(route: Route) -> str:
+    """Why a route cannot search (own_search gave no style), for the reply, the log and the doctor."""
+    if route.target.provider == "openai":
+        host = urlsplit(route.target.url).hostname
+        return (f"openai model {route.model!r} on Chat Completions has no web search, and the base URL's host "
+                f"{host} is not {OPENAI_API_HOST} (OpenAI searches on its own Responses API and with its "
+                f"-search- chat models)")
+    if route.target.provider == "azure":
+        return f"azure deployment {route.model!r} has no native web search (Azure's Responses API has no web_search tool)"
+    return f"{route.target.provider} model {route.model!r} has no native web search"
+
+
 class WebSearch:
     def __init__(self, cfg: Config, router: Router, chain: UpstreamChain, relay: Relay) -> None:
         self.router = router
         self.chain = chain
         self.relay = relay
-        self.target = _configured_route(router, cfg.web_search) if cfg.web_search else None
+        self.target = configured_search_route(router, cfg.web_search) if cfg.web_search else None
         self._warned = False
 
     def _route(self, requested: str) -> tuple[Route, str | None]:
         """The route a web search goes to and its search style (None: no native search)."""
-        if self.target is not None:
-            return self.target
-        route = routes_for(self.router, requested)[0]
-        return route, search_style(route.target.provider, route.model, route.api)
+        return search_route(self.router, self.target, requested)
 
     async def handle(self, box: list[dict], search: WebSearchRequest, resp: Responder, ex: Exchange,
                      headers: list[tuple[str, str]]) -> None:
@@ -115,10 +153,7 @@ class WebSearch:
 
     async def _unavailable(self, box: list[dict], search: WebSearchRequest, route: Route, resp: Responder,
                            ex: Exchange, headers: list[tuple[str, str]]) -> None:
-        reason = f"{route.target.provider} model {route.model!r} has no native web search"
-        if route.target.provider == "openai":
-            reason = (f"openai model {route.model!r} on Chat Completions has no web search (OpenAI searches "
-                      f"on the Responses API and with its -search- chat models)")
+        reason = unavailable_reason(route)
         if not self._warned:
             self._warned = True
             log.warning("web search requested, but %s; answering \"unavailable\" without calling the upstream. "
