@@ -81,6 +81,8 @@ def _labels(names: tuple[str, ...], values: Iterable[object]) -> str:
 # Distinct values of the model label (requested model names, chosen by clients). Later names are
 # counted as model="other", so a scrape stays a bounded size: series = providers x MAX_SERIES at most.
 MAX_SERIES = 32
+# (key, model) pairs of the spend counters: client keys are configured, models bounded as above.
+MAX_SPEND_SERIES = 256
 # Longest model label value; longer names are cut and marked with TRUNCATED.
 MAX_LABEL_CHARS = 100
 TRUNCATED = "..."
@@ -187,6 +189,8 @@ class Metrics:
         self._upstream_errors: dict[tuple[str, str], int] = {}       # (provider, status)
         self._retries: dict[str, int] = {}                           # provider
         self._fallbacks: dict[tuple[str, str], int] = {}             # (from, to)
+        # (key name, upstream model) -> [input, cached_input, output tokens, cost_usd or None if unpriced]
+        self._spend: dict[tuple[str, str], list] = {}
         self._breaker_source: Callable[[], Mapping[str, Any]] | None = None
         self._queue_source: Callable[[], Any] | None = None
         self._cache_source: Callable[[], Mapping[str, Any]] | None = None
@@ -289,6 +293,25 @@ class Metrics:
             s.ttft_count += 1
         if cache is not None:
             self._cache_results[cache] = self._cache_results.get(cache, 0) + 1
+
+    def record_spend(self, key: str, model: str, input_tokens: int, cached_tokens: int, output_tokens: int,
+                     cost_usd: float | None) -> None:
+        """Tokens (input excludes cached) and cost of one request for ``key`` (a configured key's
+        name) on upstream ``model``; ``cost_usd`` None when the model has no price."""
+        km = (key, model)
+        s = self._spend.get(km)
+        if s is None:
+            km = (bounded_label(key), bounded_label(model))
+            if km not in self._spend and len(self._spend) >= MAX_SPEND_SERIES:
+                km = (km[0], OTHER)
+            s = self._spend.get(km)
+            if s is None:
+                s = self._spend[km] = [0, 0, 0, None]
+        s[0] += input_tokens
+        s[1] += cached_tokens
+        s[2] += output_tokens
+        if cost_usd is not None:
+            s[3] = (s[3] or 0.0) + cost_usd
 
     def _record_error(self, provider: str, model: str, status: int, error_type: str, message: str) -> None:
         """Errors by type (bounded) and the last RECENT_ERRORS of them, messages redacted."""
@@ -457,11 +480,26 @@ class Metrics:
             if s.tool_calls:
                 add(f"clasp_tool_calls_total{{{_labels(pm, key)}}} {s.tool_calls}")
 
-        family("clasp_tokens_total", "counter", "Tokens reported by upstreams, by direction (input, output).")
+        family("clasp_tokens_total", "counter",
+               "Tokens reported by upstreams. Series with provider and type: by requested model, input "
+               "includes cached. Series with key and kind: by client key and upstream model, kind input "
+               "(not cached), cached_input or output. Sum one set or the other, never both.")
         for key, s in self._series.items():
             base = _labels(pm, key)
             add(f'clasp_tokens_total{{{base},type="input"}} {s.input_tokens}')
             add(f'clasp_tokens_total{{{base},type="output"}} {s.output_tokens}')
+        km = ("key", "model")
+        for key, s in self._spend.items():
+            base = _labels(km, key)
+            add(f'clasp_tokens_total{{{base},kind="input"}} {s[0]}')
+            add(f'clasp_tokens_total{{{base},kind="cached_input"}} {s[1]}')
+            add(f'clasp_tokens_total{{{base},kind="output"}} {s[2]}')
+
+        family("clasp_cost_usd_total", "counter",
+               "Cost in USD by client key and upstream model, from the price table (priced models only).")
+        for key, s in self._spend.items():
+            if s[3] is not None:
+                add(f"clasp_cost_usd_total{{{_labels(km, key)}}} {_num(s[3])}")
 
         histogram("clasp_request_duration_seconds", "Time from request received to response finished.",
                   DURATION_BUCKETS, "dur")

@@ -130,6 +130,11 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (embedded use, tests): the caller sets `stop`
+    if hasattr(signal, "SIGHUP"):
+        try:
+            loop.add_signal_handler(signal.SIGHUP, app.reload_keys)  # keys file: reload now
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
     app.start()
     host, port = addresses[0]
     log.info("clasp %s listening on http://%s:%s -> %s (%s)", __version__, host, port,
@@ -174,6 +179,8 @@ def run_workers(cfg: Config) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, forward)  # each worker reloads its keys file
     code = 0
     for child in children:
         while True:
