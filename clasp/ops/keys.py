@@ -175,6 +175,9 @@ def parse_keys(entries: Any, source: str, *, base: Iterable[ApiKey] = ()) -> Key
     by_digest: dict[bytes, ApiKey] = {}
     by_name: dict[str, ApiKey] = {}
     for k in base:
+        if k.name in by_name:
+            raise ConfigError(f"{source}: the key name {k.name!r} is used twice"
+                              + (" ('default' is CLASP_AUTH_API_KEY's)" if k.name == "default" else ""))
         by_name[k.name] = k
         if k.digest:
             by_digest[k.digest] = k
@@ -200,7 +203,8 @@ def read_keys_document(path: str) -> list:
     except UnicodeDecodeError:
         raise ConfigError(f"keys file {path}: not UTF-8 text") from None
     stripped = text.lstrip()
-    if path.endswith(".json") or stripped.startswith(("{", "[")):
+    if not path.endswith(".toml") and (path.endswith(".json") or stripped.startswith("{")
+                                       or (stripped.startswith("[") and not stripped.startswith("[["))):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
