@@ -117,6 +117,7 @@ class App:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             self._housekeeping = None
+        await self.spend.flush()  # the last requests' spend reaches the store
         await self.client.close()
 
     # ------------------------------------------------------------------ dispatch

@@ -123,6 +123,8 @@ def test_per_key_rate_limit_with_retry_after_and_count_tokens_shares_it(lt, upst
         assert_no_secrets(json.dumps(err), "a 429")
     assert len(upstream.requests) == calls
     assert [p.post(HELLO, headers=hdr(BOB))[0] for _ in range(4)] == [200] * 4   # bob has no limit
+    wait_for(lambda: p.log.getvalue().count(" key=bob") == 4, "bob's access lines")
+    assert p.log.getvalue().count(" key=alice") == 3             # who sent what: the access log names the key
 
 
 def test_model_allow_list_403_before_any_upstream_call(lt, upstream, proxies, tmp_path):

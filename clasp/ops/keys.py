@@ -123,7 +123,7 @@ def _models(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        value = [p for p in value.split(";")] if ";" in value else [value]
+        value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
         raise ConfigError(f"{where}: models must be a list of model names or patterns")
     return tuple(p.strip() for p in value)

@@ -146,11 +146,6 @@ def _next_day(ts: float) -> str:
     return day_of(ts - ts % 86400 + 86400)
 
 
-def _empty() -> dict:
-    return {"requests": 0, "input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0,
-            "cost_usd": 0.0, "unpriced_requests": 0}
-
-
 def _add(into: dict, measure: str, value: float) -> None:
     into[measure] = into.get(measure, 0) + value
 

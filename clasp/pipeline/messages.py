@@ -153,4 +153,4 @@ class MessagesPipeline:
                                 latency_ms=round(latency * 1000, 1),
                                 ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
                                 input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
-                                cache=ex.cache or "-")
+                                cache=ex.cache or "-", key=ex.key or None)
