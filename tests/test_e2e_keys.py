@@ -257,3 +257,40 @@ def test_no_key_or_key_hash_in_logs_metrics_costs_or_errors(lt, upstream, proxie
     for where, text in texts.items():
         assert_no_secrets(text, where)
     assert "is not allowed for key 'erin'" in texts["responses"]
+
+
+def test_sighup_reloads_the_keys_file_of_a_running_clasp(upstream, tmp_path):
+    import signal
+    import subprocess
+    import urllib.request
+
+    from harness import spawn_clasp
+
+    path = tmp_path / "keys.json"
+    write_keys(path, BASE_KEYS)
+    proc, port = spawn_clasp(["-provider", "custom", "-model", "gpt-test", "-keys-file", str(path),
+                              "-keys-check-interval", "3600"], {"CUSTOM_BASE_URL": upstream.url})
+
+    def status(key: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", json.dumps(HELLO).encode(),
+                                     {"content-type": "application/json", "x-api-key": key})
+        try:
+            return urllib.request.urlopen(req, timeout=10).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        assert status(BOB) == 200 and status(ERIN) == 401
+        write_keys(path, [{"name": "erin", "key": ERIN}])
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: status(ERIN) == 200, "erin's key after SIGHUP")
+        assert status(BOB) == 401 and proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert b"reloaded: 1 keys" in err
+    assert_no_secrets(err.decode(errors="replace"), "the process log")
