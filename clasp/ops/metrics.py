@@ -81,8 +81,10 @@ def _labels(names: tuple[str, ...], values: Iterable[object]) -> str:
 # Distinct values of the model label (requested model names, chosen by clients). Later names are
 # counted as model="other", so a scrape stays a bounded size: series = providers x MAX_SERIES at most.
 MAX_SERIES = 32
-# (key, model) pairs of the spend counters: client keys are configured, models bounded as above.
-MAX_SPEND_SERIES = 256
+# Spend counters: (key, upstream model) series. Key names come from the configuration, model names
+# may come from clients (pass-through): distinct models beyond MAX_SERIES count as OTHER, and keys
+# beyond MAX_SPEND_KEYS too.
+MAX_SPEND_KEYS = 1000
 # Longest model label value; longer names are cut and marked with TRUNCATED.
 MAX_LABEL_CHARS = 100
 TRUNCATED = "..."
@@ -191,6 +193,8 @@ class Metrics:
         self._fallbacks: dict[tuple[str, str], int] = {}             # (from, to)
         # (key name, upstream model) -> [input, cached_input, output tokens, cost_usd or None if unpriced]
         self._spend: dict[tuple[str, str], list] = {}
+        self._spend_keys: set[str] = set()
+        self._spend_models: set[str] = set()
         self._breaker_source: Callable[[], Mapping[str, Any]] | None = None
         self._queue_source: Callable[[], Any] | None = None
         self._cache_source: Callable[[], Mapping[str, Any]] | None = None
@@ -301,9 +305,12 @@ class Metrics:
         km = (key, model)
         s = self._spend.get(km)
         if s is None:
-            km = (bounded_label(key), bounded_label(model))
-            if km not in self._spend and len(self._spend) >= MAX_SPEND_SERIES:
-                km = (km[0], OTHER)
+            key, model = bounded_label(key), bounded_label(model)
+            for value, seen, bound in ((key, self._spend_keys, MAX_SPEND_KEYS),
+                                       (model, self._spend_models, MAX_SERIES)):
+                if value not in seen and len(seen) < bound:
+                    seen.add(value)
+            km = (key if key in self._spend_keys else OTHER, model if model in self._spend_models else OTHER)
             s = self._spend.get(km)
             if s is None:
                 s = self._spend[km] = [0, 0, 0, None]

@@ -34,6 +34,9 @@ MONTH_TTL_S = 400 * 86400
 MEASURES = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd", "unpriced_requests")
 _SEP = "|"
 _MAX_LABEL = 200
+# Distinct upstream model names booked by this process: names beyond it (clients may pass any name
+# through on a private proxy) are booked as "other", so the hashes stay bounded.
+MAX_MODELS = 1000
 
 
 def _clean(text: str) -> str:
@@ -62,6 +65,7 @@ class SpendLedger:
         self.metrics = metrics
         self.wall = wall
         self._pending: set[asyncio.Future] = set()
+        self._models: set[str] = set()
         self.errors = 0
 
     # ---- recording
@@ -80,6 +84,11 @@ class SpendLedger:
             values["unpriced_requests"] = 1.0
         else:
             values["cost_usd"] = cost
+        if model not in self._models:
+            if len(self._models) < MAX_MODELS:
+                self._models.add(model)
+            else:
+                model = "other"
         task = asyncio.ensure_future(self._write(key, target, model, values))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
