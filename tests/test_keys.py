@@ -162,6 +162,12 @@ def test_auth_policy_finds_keys_by_digest_and_keeps_the_single_key():
     assert auth.check({"x-api-key": "sk-single-key"}).startswith("key:")   # the identity as before
     assert auth.authenticate({"x-api-key": BOB}) is None
     assert auth.authenticate({}) is None
+    off = KeyFile("", parse_keys([{"name": "carol", "key": BOB, "enabled": False},
+                                  {"name": "dave", "key": "sk-dave-123456", "expires": "2020-01-01"}], "c")
+                  .by_name.values())
+    assert AuthPolicy(True, "", keys=off).authenticate({"x-api-key": BOB}).name == "carol"  # the caller says why
+    assert AuthPolicy(True, "", keys=off).check({"x-api-key": BOB}) is None               # check() refuses it
+    assert AuthPolicy(True, "", keys=off).check({"x-api-key": "sk-dave-123456"}) is None
     keys_only = AuthPolicy(True, "", keys=kf)
     assert keys_only.authenticate({"x-api-key": ALICE}).name == "alice"
     assert keys_only.authenticate({"x-api-key": ""}) is None

@@ -111,6 +111,8 @@ def test_metrics_count_tokens_and_cost_per_key_and_model_bounded():
     for i in range(300):
         m.record_spend("bob", f"m{i}", 1, 0, 0, None)
         m.record_spend(f"k{i}", "gpt-4o", 1, 0, 0, None)
+    assert m.spend_series()[("alice", "gpt-4o")] == (101, 22, 13, 0.75)
+    assert m.spend_series()[("bob", "llama3")] == (7, 0, 1, None)
     text = m.to_prometheus()
     assert 'clasp_tokens_total{key="alice",model="gpt-4o",kind="input"} 101' in text
     assert 'clasp_tokens_total{key="alice",model="gpt-4o",kind="cached_input"} 22' in text

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Mapping
+
+from clasp.ops.keys import ApiKey
 
 __all__ = ["AuthPolicy", "ANONYMOUS", "DEFAULT_KEY_NAME", "fingerprint"]
 
@@ -54,7 +57,6 @@ class AuthPolicy:
         keys=None,
     ) -> None:
         """``keys``: the client keys in force (clasp.ops.keys.KeyFile), or None."""
-        from clasp.ops.keys import ApiKey
         if enabled and not api_key and keys is None:
             # Same rule as CLASP: -auth without -auth-api-key is a configuration error, not "open".
             raise ValueError("authentication is enabled but no API key is configured (CLASP_AUTH_API_KEY)")
@@ -105,9 +107,11 @@ class AuthPolicy:
         if not self.enabled:
             return ANONYMOUS
         key = self.authenticate(headers)
-        return None if key is None else key.identity
+        if key is None or not key.enabled or (key.expires_at is not None and time.time() >= key.expires_at):
+            return None
+        return key.identity
 
-    def authenticate(self, headers: Mapping[str, str]):
+    def authenticate(self, headers: Mapping[str, str]) -> ApiKey | None:
         """The ApiKey record of the request's key (CLASP_AUTH_API_KEY is ``default_key``; a client
         key may be disabled or expired: the caller checks), ``anonymous_key`` when authentication
         is off, None for a missing or unknown key."""
@@ -132,7 +136,7 @@ class AuthPolicy:
                 found = self._find(parts[1].strip())
         return found
 
-    def _find(self, candidate: str):
+    def _find(self, candidate: str) -> ApiKey | None:
         if self._key and self._matches(candidate):
             return self.default_key
         keys = self.keys

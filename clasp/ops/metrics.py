@@ -320,6 +320,11 @@ class Metrics:
         if cost_usd is not None:
             s[3] = (s[3] or 0.0) + cost_usd
 
+    def spend_series(self) -> dict[tuple[str, str], tuple[int, int, int, float | None]]:
+        """{(key, model): (input, cached_input, output tokens, cost_usd or None)}: this process's
+        spend counters (what clasp_tokens_total{key,...} and clasp_cost_usd_total show)."""
+        return {km: (s[0], s[1], s[2], s[3]) for km, s in self._spend.items()}
+
     def _record_error(self, provider: str, model: str, status: int, error_type: str, message: str) -> None:
         """Errors by type (bounded) and the last RECENT_ERRORS of them, messages redacted."""
         etype = error_type or _STATUS_ERROR_TYPES.get(status) or "api_error"
