@@ -165,6 +165,8 @@ def test_budget_from_upstream_usage_then_402_not_retried(lt, upstream, proxies, 
                                            "resets at 00:00 UTC")
         assert headers["x-should-retry"] == "false" and "retry-after" not in headers
     assert len(upstream.requests) == calls
+    wait_for(lambda: p.log.getvalue().count(" key=alice") == 5, "alice's 5 access lines")
+    assert p.log.getvalue().count(" cost_usd=0.84") == 3                # each answered request's cost
     upstream.script = lambda seen: json_reply(completion(usage=usage))
     assert p.post(HELLO, headers=hdr(BOB))[0] == 200                 # other keys are not affected
     c = costs(p, BOB)

@@ -119,6 +119,7 @@ def _routes(model: str, *extra: str):
 @pytest.mark.parametrize("patterns,requested,allowed", [
     (["sonnet"], "claude-sonnet-4-5", True),
     (["sonnet"], "claude-haiku-4-5", False),
+    (["Haiku"], "claude-haiku-4-5", True),                  # tier words in any case
     (["claude-haiku-4-5"], "claude-haiku-4-5", True),
     (["claude-haiku-*"], "claude-haiku-4-5-20251001", True),
     (["gpt-4o-mini"], "claude-haiku-4-5", True),           # the resolved upstream model

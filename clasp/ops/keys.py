@@ -126,7 +126,8 @@ def _models(value: Any, where: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
         raise ConfigError(f"{where}: models must be a list of model names or patterns")
-    return tuple(p.strip() for p in value)
+    # tier words in any case; names and globs as written (model names are case-sensitive upstream)
+    return tuple(p.strip().lower() if p.strip().lower() in TIERS else p.strip() for p in value)
 
 
 def parse_key(entry: Any, where: str) -> ApiKey:

@@ -143,14 +143,15 @@ class MessagesPipeline:
                                     output_tokens=ex.output_tokens, cache=ex.cache.lower() or None,
                                     api=ex.api, upstream_model=ex.upstream_model,
                                     error_type=ex.error_type, error_message=ex.error_message)
-        spend = self.spend
+        spend, cost = self.spend, None
         if spend is not None and ex.upstream_model and ex.cache != "HIT" and (ex.input_tokens or ex.output_tokens):
-            spend.record(ex.key or ANONYMOUS, ex.provider, ex.upstream_model, ex.input_tokens - ex.cached_tokens,
-                         ex.cached_tokens, ex.output_tokens)
+            cost = spend.record(ex.key or ANONYMOUS, ex.provider, ex.upstream_model,
+                                ex.input_tokens - ex.cached_tokens, ex.cached_tokens, ex.output_tokens)
         if self.access_log is not None:
             self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
                                 upstream_model=ex.upstream_model, provider=ex.provider,
                                 latency_ms=round(latency * 1000, 1),
                                 ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
                                 input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
-                                cache=ex.cache or "-", key=ex.key or None)
+                                cache=ex.cache or "-", key=ex.key or None,
+                                cost_usd=None if cost is None else round(cost, 6))
