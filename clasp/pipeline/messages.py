@@ -154,4 +154,4 @@ class MessagesPipeline:
                                 ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
                                 input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
                                 cache=ex.cache or "-", key=ex.key or None,
-                                cost_usd=None if cost is None else round(cost, 6))
+                                cost_usd=None if cost is None else f"{cost:.6f}".rstrip("0").rstrip("."))
