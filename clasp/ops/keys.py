@@ -250,7 +250,8 @@ class KeyFile:
         self.reloads = 0
         self.failures = 0
         self._signature = self._stat()
-        self.ring = load_keys_file(path, base=self.base) if path else parse_keys([], "keys", base=self.base)
+        self.ring = (load_keys_file(path, base=self.base) if path
+                     else parse_keys([], "[[keys]] in the config file", base=self.base))
         self._checked = clock()
 
     def _stat(self) -> tuple | None:
