@@ -245,8 +245,8 @@ class App:
         return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
                 "model": self.router.primary.default_model or None,
                 "endpoints": ["POST /v1/messages", "POST /v1/messages/count_tokens", "GET /health",
-                              "GET /metrics", "GET /metrics/prometheus", "GET /dashboard", "GET /costs", "GET /v1/models",
-                              "GET /"]}
+                              "GET /metrics", "GET /metrics/prometheus", "GET /dashboard", "GET /costs",
+                              "GET /v1/models", "GET /"]}
 
     def models(self) -> dict:
         names = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"]
