@@ -3,8 +3,9 @@
 Endpoints other than /v1/messages are answered here; /v1/messages runs through
 clasp.pipeline.messages, where its stages are composed in order:
 
-    auth (here) -> rate limit -> parse -> route -> cache / queue / breaker / retry / fallback
-         -> upstream -> translate (whole response or relayed stream)
+    auth (here) -> rate limit -> parse -> route -> access (model, budget)
+         -> cache / queue / breaker / retry / fallback -> upstream
+         -> translate (whole response or relayed stream) -> spend
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from typing import TextIO
 
 from clasp import __version__
 from clasp.config import Config, ConfigError, parse_model_flags
-from clasp.ops.auth import AuthPolicy
+from clasp.ops.access import AccessControl, check_key_state
+from clasp.ops.auth import DEFAULT_KEY_NAME, AuthPolicy
 from clasp.ops.guard import RequestGuard
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.memory import IdleTrimmer, resident_bytes
+from clasp.ops.keys import ApiKey, KeyFile
 from clasp.ops.metrics import Metrics, render_json, render_prometheus
+from clasp.ops.pricing import PriceTable, parse_prices
+from clasp.ops.spend import SpendLedger
 from clasp.pipeline.chain import UpstreamChain
 from clasp.pipeline.count_tokens import CountTokens
 from clasp.pipeline.messages import MessagesPipeline
@@ -43,17 +48,24 @@ class App:
     """The proxy: one instance per process, shared by all connections."""
 
     def __init__(self, cfg: Config, *, clock=time.monotonic, log_stream: TextIO | None = None,
-                 client: UpstreamClient | None = None, group=None) -> None:
+                 client: UpstreamClient | None = None, group=None, wall=time.time) -> None:
         """``group``: this worker's GroupLink to the parent of a ``-workers N`` group (state and
         metrics shared with the other workers), None for a process on its own."""
         self.cfg = cfg
         self.clock = clock
+        self.wall = wall
         self.router = Router(cfg)
         self.client = client or UpstreamClient(connect_timeout=cfg.connect_timeout,
                                                read_timeout=cfg.read_timeout, pool_size=cfg.pool_size)
         self.guard = RequestGuard.from_config(cfg)
-        self.auth = AuthPolicy(cfg.auth, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
-                               cfg.auth_allow_anonymous_metrics)
+        self.keys = None
+        if cfg.keys_file or cfg.keys:
+            # "default" stays CLASP_AUTH_API_KEY's name: a client key may not take it
+            reserved = (ApiKey(DEFAULT_KEY_NAME),) if cfg.auth_api_key else ()
+            self.keys = KeyFile(cfg.keys_file, (*reserved, *cfg.keys), check_interval=cfg.keys_check_interval,
+                                clock=clock)
+        self.auth = AuthPolicy(cfg.auth_required, cfg.auth_api_key, cfg.auth_allow_anonymous_health,
+                               cfg.auth_allow_anonymous_metrics, keys=self.keys)
         # state shared by requests (and by replicas, with Redis): rate-limit buckets, counters, cache
         self.group = group  # this worker's link to its -workers N parent, else None
         self.store = store = open_store(cfg, clock=clock, group=group)
@@ -80,6 +92,8 @@ class App:
         debug_log = (DebugLog(stream, cfg.debug_log_requests, cfg.debug_log_responses, secrets)
                      if cfg.debug_log_requests or cfg.debug_log_responses else None)
         self.metrics = Metrics(clock=clock, redact=lambda text: redact_variants(text, variants))
+        self.spend = SpendLedger(self.store, PriceTable(parse_prices(cfg.prices)), self.metrics, wall=wall)
+        self.access = access = AccessControl(self.store, self.spend, wall=wall)
         self.chain = chain = UpstreamChain(cfg, self.client, self.metrics, targets=list(self.router.targets),
                               model_flags=model_flags, servers=self.servers, cache=cache, debug_log=debug_log,
                               secret_variants=variants)
@@ -87,9 +101,9 @@ class App:
                       secret_variants=variants, max_sse_event_size=cfg.max_sse_event_size)
         self.pipeline = MessagesPipeline(clock=clock, router=self.router, chain=chain, relay=relay,
                                          metrics=self.metrics, limiter=limiter, access_log=access_log,
-                                         debug_log=debug_log,
+                                         debug_log=debug_log, access=access, spend=self.spend,
                                          web_search=WebSearch(cfg, self.router, chain, relay))
-        self.count = CountTokens(self.router, chain, limiter)
+        self.count = CountTokens(self.router, chain, limiter, access)
         self.metrics.set_sources(
             breakers=(lambda: {name: b.state for name, b in chain.breakers.items()}) if cfg.circuit_breaker else None,
             queue=(lambda: {"depth": chain.queue.depth(), **chain.queue.stats}) if chain.queue else None,
@@ -104,10 +118,15 @@ class App:
     def _memory_stats(self) -> dict:
         return {"rss_bytes": resident_bytes(), "trims": self.trimmer.trims if self.trimmer is not None else 0}
 
+    def reload_keys(self) -> bool:
+        """SIGHUP: read the keys file again (a broken one keeps the keys in force)."""
+        return self.keys.reload() if self.keys is not None else False
+
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             self._housekeeping = None
+        await self.spend.flush()  # the last requests' spend reaches the store
         await self.client.close()
         await self.store.close()
         if self.group is not None:
@@ -139,9 +158,12 @@ class App:
         cache); everything else, rejections included, is logged here."""
         started = self.clock()
         client_id: str | None = None
+        key = None
         cancelled = False
         try:
-            client_id = await self._dispatch(req, resp)
+            authorized = await self._dispatch(req, resp)
+            if authorized is not None:
+                client_id, key = authorized
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -151,11 +173,12 @@ class App:
                                     status=resp.status or (499 if cancelled else 500),
                                     latency_ms=round((self.clock() - started) * 1000, 1))
         if client_id is not None:
-            await self.pipeline.handle(req, resp, client_id, consume=True)
+            await self.pipeline.handle(req, resp, client_id, consume=True, key=key)
 
-    async def _dispatch(self, req: Request, resp: Responder) -> str | None:
+    async def _dispatch(self, req: Request, resp: Responder) -> tuple[str, ApiKey | None] | None:
         """Route by path (query ignored, base-URL prefixes tolerated) and answer everything but an
-        authorized /v1/messages, for which the client identity (rate-limit key) is returned."""
+        authorized /v1/messages, for which the client identity (rate-limit key) and its ApiKey
+        (limits, models, budgets; None without authentication) are returned."""
         path = req.path.rstrip("/") or "/"
         if path.endswith("/v1/messages"):
             endpoint, methods = "/v1/messages", ("POST",)
@@ -163,7 +186,7 @@ class App:
             endpoint, methods = "/v1/messages/count_tokens", ("POST",)
         elif path == "/":
             endpoint, methods = "/", ("GET", "HEAD")
-        elif path in ("/health", "/metrics", "/metrics/prometheus", "/dashboard"):
+        elif path in ("/health", "/metrics", "/metrics/prometheus", "/dashboard", "/costs"):
             endpoint, methods = path, ("GET", "HEAD")
         elif path.endswith("/v1/models"):
             endpoint, methods = "/v1/models", ("GET", "HEAD")
@@ -182,8 +205,10 @@ class App:
             await send_error(resp, refused)
             return None
         client_id = req.client
+        key = None
         if self.auth.requires_auth(endpoint):
-            identity = self.auth.check(req.headers)
+            key = self.auth.authenticate(req.headers)
+            identity = None if key is None else key.identity or client_id
             if identity is None and endpoint == "/dashboard" and "text/html" in req.headers.get("accept", ""):
                 # A browser cannot send the key when it opens a page: it gets the page (code only, no
                 # data) with the 401, asks the person for the key and sends it on its /metrics fetches.
@@ -194,11 +219,16 @@ class App:
                                                    "(send it as x-api-key or Authorization: Bearer)",
                                                    {"x-should-retry": "false"}, False))
                 return None
+            try:
+                check_key_state(key, self.wall())  # disabled or expired: 401 naming it
+            except ProxyError as err:
+                await send_error(resp, err)
+                return None
             client_id = identity
         if endpoint == "/v1/messages":
-            return client_id
+            return client_id, key
         if endpoint == "/v1/messages/count_tokens":
-            await self.count.handle(req, resp, client_id)
+            await self.count.handle(req, resp, client_id, key)
         elif endpoint == "/":
             await send_json(resp, 200, self.info())
         elif endpoint == "/health":
@@ -215,6 +245,9 @@ class App:
             await send_json(resp, 200, data)
         elif endpoint == "/dashboard":
             await self._send_dashboard(req, resp, 200)
+        elif endpoint == "/costs":
+            ring = self.keys.ring.by_name.values() if self.keys is not None else ()
+            await send_json(resp, 200, await self.spend.report(ring))
         elif endpoint == "/metrics/prometheus":
             await resp.send(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                             utf8(render_prometheus(await self.metrics_snapshot())))
@@ -244,7 +277,8 @@ class App:
         return {"name": "clasp", "version": __version__, "provider": self.router.primary.name,
                 "model": self.router.primary.default_model or None,
                 "endpoints": ["POST /v1/messages", "POST /v1/messages/count_tokens", "GET /health",
-                              "GET /metrics", "GET /metrics/prometheus", "GET /dashboard", "GET /v1/models", "GET /"]}
+                              "GET /metrics", "GET /metrics/prometheus", "GET /dashboard", "GET /costs",
+                              "GET /v1/models", "GET /"]}
 
     def models(self) -> dict:
         names = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"]

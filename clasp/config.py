@@ -165,6 +165,13 @@ SETTINGS: tuple[Setting, ...] = (
        "allow /health without the key"),
     _s("auth_allow_anonymous_metrics", bool, False, "CLASP_AUTH_ALLOW_ANONYMOUS_METRICS", None,
        "allow /metrics without the key"),
+    _s("keys_file", str, "", "CLASP_KEYS_FILE", "keys-file",
+       "client keys with their own limits, models and budgets (TOML or JSON; implies auth)"),
+    _s("keys_check_interval", float, 5.0, "CLASP_KEYS_CHECK_INTERVAL", "keys-check-interval",
+       "seconds between checks of the keys file for changes (also reloaded on SIGHUP)"),
+    _s("prices", str, "", "CLASP_PRICES", "prices",
+       "model prices in USD per million tokens: 'model=input/cached_input/output,...' (adds to or "
+       "overrides the built-in table)"),
     # rate limit
     _s("rate_limit", bool, False, "CLASP_RATE_LIMIT", "rate-limit", "enable per-client rate limiting"),
     _s("rate_limit_requests", int, 60, "CLASP_RATE_LIMIT_REQUESTS", "rate-limit-requests",
@@ -298,6 +305,9 @@ class Config:
     auth_api_key: str = ""
     auth_allow_anonymous_health: bool = True
     auth_allow_anonymous_metrics: bool = False
+    keys_file: str = ""
+    keys_check_interval: float = 5.0
+    prices: str = ""
     rate_limit: bool = False
     rate_limit_requests: int = 60
     rate_limit_window: float = 60.0
@@ -317,6 +327,7 @@ class Config:
     statusline: bool = True
     config_file: str = ""
     sources: tuple = field(default=(), compare=False)  # (name, origin) for settings not at default
+    keys: tuple = field(default=(), compare=False)     # the config file's [[keys]] (clasp.ops.keys.ApiKey)
 
     def __repr__(self) -> str:  # never show secrets, nor credentials inside URLs
         from clasp.redaction import redact
@@ -343,8 +354,13 @@ class Config:
         Useful to one developer on loopback; in a shared gateway it lets any client spend any
         configured credential on any model, so "auto" allows it only on loopback without auth."""
         if self.client_model_choice == "auto":
-            return not self.auth and is_loopback_host(self.host)
+            return not self.auth_required and is_loopback_host(self.host)
         return self.client_model_choice == "on"
+
+    @property
+    def auth_required(self) -> bool:
+        """Clients must send a key: -auth, or client keys are configured (a keys file, [[keys]])."""
+        return self.auth or bool(self.keys_file) or bool(self.keys)
 
     @property
     def debug_log_requests(self) -> bool:
@@ -355,7 +371,7 @@ class Config:
         return self.debug or self.debug_responses
 
 
-assert {f.name for f in fields(Config)} - {"config_file", "sources"} == set(_BY_NAME), "SETTINGS and Config differ"
+assert {f.name for f in fields(Config)} - {"config_file", "sources", "keys"} == set(_BY_NAME), "SETTINGS and Config differ"
 
 _TRUE = {"1", "true", "yes", "on", "t", "y"}
 _FALSE = {"0", "false", "no", "off", "f", "n", ""}
@@ -525,6 +541,15 @@ def load_file(path: str, env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a table/object")
+    # [[keys]] and [prices."model"] are tables of their own, not settings to flatten
+    data = dict(data)
+    keys = data.pop("keys", None)
+    prices = data.pop("prices", None)
+    if isinstance(prices, dict):
+        from clasp.ops.pricing import prices_from_table
+        data["prices"] = prices_from_table(prices, f"config file {path}")
+    elif prices is not None:
+        data["prices"] = prices
     flat: dict[str, Any] = {}
     _flatten(data, "", flat, path)
     out: dict[str, Any] = {}
@@ -535,7 +560,13 @@ def load_file(path: str, env: Mapping[str, str]) -> dict[str, Any]:
         if isinstance(value, str):
             value = expand_vars(value, env)
         out[key] = _convert(setting, value, f"config file {path}: key {key!r}")
+    if keys is not None:
+        from clasp.ops.keys import parse_keys
+        out[_KEYS] = tuple(parse_keys(keys, f"config file {path}").by_name.values())
     return out
+
+
+_KEYS = "[[keys]]"  # where load_file returns the parsed [[keys]] (not a setting)
 
 
 def _flatten(data: dict, prefix: str, out: dict, path: str) -> None:
@@ -567,6 +598,7 @@ def load_config(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) 
                 config_path = candidate
                 file_values = load_file(candidate, env)
                 break
+    file_keys = file_values.pop(_KEYS, ())
     values: dict[str, Any] = {}
     sources = []
     for s in SETTINGS:
@@ -581,7 +613,7 @@ def load_config(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) 
         elif s.name in file_values:
             values[s.name] = file_values[s.name]
             sources.append((s.name, "file"))
-    cfg = Config(**values, config_file=config_path, sources=tuple(sources))
+    cfg = Config(**values, config_file=config_path, sources=tuple(sources), keys=file_keys)
     validate(cfg)
     return cfg, actions
 
@@ -604,14 +636,18 @@ def validate(cfg: Config) -> None:
                           f"{cfg.client_model_choice!r} (CLASP_CLIENT_MODEL_CHOICE / -client-model-choice)")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log format must be text or json (CLASP_LOG_FORMAT / -log-format)")
-    if cfg.auth and not cfg.auth_api_key:
-        raise ConfigError("-auth needs a key: set CLASP_AUTH_API_KEY or -auth-api-key")
+    if cfg.auth and not cfg.auth_api_key and not cfg.keys_file and not cfg.keys:
+        raise ConfigError("-auth needs a key: set CLASP_AUTH_API_KEY or -auth-api-key (or client keys: -keys-file)")
+    if cfg.prices:
+        from clasp.ops.pricing import parse_prices
+        parse_prices(cfg.prices, "prices (CLASP_PRICES / -prices)")
     for name in ("max_body_size", "max_sse_event_size", "pool_size", "queue_max_size", "cache_max_size",
                  "cb_threshold", "cb_recovery", "rate_limit_requests", "rate_limit_burst"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     for name in ("header_timeout", "idle_timeout", "write_timeout", "connect_timeout", "read_timeout",
-                 "first_byte_timeout", "rate_limit_window", "cache_ttl", "queue_max_wait", "cb_timeout"):
+                 "first_byte_timeout", "rate_limit_window", "cache_ttl", "queue_max_wait", "cb_timeout",
+                 "keys_check_interval"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if cfg.redis_url:

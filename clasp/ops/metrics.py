@@ -84,6 +84,10 @@ def _labels(names: tuple[str, ...], values: Iterable[object]) -> str:
 # Distinct values of the model label (requested model names, chosen by clients). Later names are
 # counted as model="other", so a scrape stays a bounded size: series = providers x MAX_SERIES at most.
 MAX_SERIES = 32
+# Spend counters: (key, upstream model) series. Key names come from the configuration, model names
+# may come from clients (pass-through): distinct models beyond MAX_SERIES count as OTHER, and keys
+# beyond MAX_SPEND_KEYS too.
+MAX_SPEND_KEYS = 1000
 # Longest model label value; longer names are cut and marked with TRUNCATED.
 MAX_LABEL_CHARS = 100
 TRUNCATED = "..."
@@ -190,6 +194,10 @@ class Metrics:
         self._upstream_errors: dict[tuple[str, str], int] = {}       # (provider, status)
         self._retries: dict[str, int] = {}                           # provider
         self._fallbacks: dict[tuple[str, str], int] = {}             # (from, to)
+        # (key name, upstream model) -> [input, cached_input, output tokens, cost_usd or None if unpriced]
+        self._spend: dict[tuple[str, str], list] = {}
+        self._spend_keys: set[str] = set()
+        self._spend_models: set[str] = set()
         self._breaker_source: Callable[[], Mapping[str, Any]] | None = None
         self._queue_source: Callable[[], Any] | None = None
         self._cache_source: Callable[[], Mapping[str, Any]] | None = None
@@ -298,6 +306,33 @@ class Metrics:
         if cache is not None:
             self._cache_results[cache] = self._cache_results.get(cache, 0) + 1
 
+    def record_spend(self, key: str, model: str, input_tokens: int, cached_tokens: int, output_tokens: int,
+                     cost_usd: float | None) -> None:
+        """Tokens (input excludes cached) and cost of one request for ``key`` (a configured key's
+        name) on upstream ``model``; ``cost_usd`` None when the model has no price."""
+        km = (key, model)
+        s = self._spend.get(km)
+        if s is None:
+            key, model = bounded_label(key), bounded_label(model)
+            for value, seen, bound in ((key, self._spend_keys, MAX_SPEND_KEYS),
+                                       (model, self._spend_models, MAX_SERIES)):
+                if value not in seen and len(seen) < bound:
+                    seen.add(value)
+            km = (key if key in self._spend_keys else OTHER, model if model in self._spend_models else OTHER)
+            s = self._spend.get(km)
+            if s is None:
+                s = self._spend[km] = [0, 0, 0, None]
+        s[0] += input_tokens
+        s[1] += cached_tokens
+        s[2] += output_tokens
+        if cost_usd is not None:
+            s[3] = (s[3] or 0.0) + cost_usd
+
+    def spend_series(self) -> dict[tuple[str, str], tuple[int, int, int, float | None]]:
+        """{(key, model): (input, cached_input, output tokens, cost_usd or None)}: this process's
+        spend counters (what clasp_tokens_total{key,...} and clasp_cost_usd_total show)."""
+        return {km: (s[0], s[1], s[2], s[3]) for km, s in self._spend.items()}
+
     def _record_error(self, provider: str, model: str, status: int, error_type: str, message: str) -> None:
         """Errors by type (bounded) and the last RECENT_ERRORS of them, messages redacted."""
         etype = error_type or _STATUS_ERROR_TYPES.get(status) or "api_error"
@@ -384,6 +419,7 @@ class Metrics:
                 "requests": requests, "apis": apis, "series": series,
                 "cache_results": dict(self._cache_results), "upstream_errors": upstream_errors,
                 "retries": dict(self._retries), "fallbacks": fallbacks, "error_types": dict(self._error_types),
+                "spend": self._spend_snapshot(),
             },
             "active": {"requests": self.active_requests, "streams": self.active_streams},
             "upstream_models": upstream_models,
@@ -394,6 +430,17 @@ class Metrics:
             "memory": dict(self._memory_source()) if self._memory_source is not None else None,
             "store": self._store() if self._store_source is not None else None,
         }
+
+    def _spend_snapshot(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{key: {model: {input, cached_input, output[, cost_usd]}}}: cost_usd only when priced, so
+        merged snapshots add the costs that exist and an unpriced model never shows 0."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for (key, model), (inp, cached, output, cost) in self._spend.items():
+            entry: dict[str, float] = {"input": inp, "cached_input": cached, "output": output}
+            if cost is not None:
+                entry["cost_usd"] = cost
+            out.setdefault(key, {})[model] = entry
+        return out
 
     def _store(self) -> dict[str, Any]:
         h = self._store_source()
@@ -543,11 +590,27 @@ def render_prometheus(snap: dict) -> str:
         if s["tool_calls"]:
             add(f"clasp_tool_calls_total{{{_labels(pm, (provider, model))}}} {s['tool_calls']}")
 
-    family("clasp_tokens_total", "counter", "Tokens reported by upstreams, by direction (input, output).")
+    family("clasp_tokens_total", "counter",
+           "Tokens reported by upstreams. Series with provider and type: by requested model, input "
+           "includes cached. Series with key and kind: by client key and upstream model, kind input "
+           "(not cached), cached_input or output. Sum one set or the other, never both.")
     for provider, model, s in _each_series(snap):
         base = _labels(pm, (provider, model))
         add(f'clasp_tokens_total{{{base},type="input"}} {s["input_tokens"]}')
         add(f'clasp_tokens_total{{{base},type="output"}} {s["output_tokens"]}')
+    km = ("key", "model")
+    spend = c.get("spend", {})
+    for key, models in spend.items():
+        for model, e in models.items():
+            base = _labels(km, (key, model))
+            for kind in ("input", "cached_input", "output"):
+                add(f'clasp_tokens_total{{{base},kind="{kind}"}} {_num(e.get(kind, 0))}')
+    family("clasp_cost_usd_total", "counter",
+           "Cost in USD by client key and upstream model, from the price table (priced models only).")
+    for key, models in spend.items():
+        for model, e in models.items():
+            if "cost_usd" in e:
+                add(f"clasp_cost_usd_total{{{_labels(km, (key, model))}}} {_num(e['cost_usd'])}")
 
     histogram("clasp_request_duration_seconds", "Time from request received to response finished.",
               DURATION_BUCKETS, "dur")

@@ -35,7 +35,7 @@ from typing import Callable
 
 from clasp.translate.errors import ProxyError
 
-__all__ = ["RateLimiter", "RateDecision", "format_rfc3339"]
+__all__ = ["RateLimiter", "RateDecision", "format_rfc3339", "rate_limit_headers"]
 
 # Cap on front-of-LRU entries examined per acquire(), so one call never does unbounded work.
 _SWEEP_PER_CALL = 4
@@ -170,12 +170,17 @@ class RateLimiter:
 
     def headers(self, decision: RateDecision) -> list[tuple[str, str]]:
         """Response headers for ``decision`` (lower-case names)."""
-        out: list[tuple[str, str]] = []
-        if not decision.allowed:
-            out.append(("retry-after", str(max(1, math.ceil(decision.retry_after_s)))))
-        # Round the reset instant up so the client never retries before the bucket is really full.
-        reset_at = math.ceil(self._wall() + decision.reset_s)
-        out.append(("anthropic-ratelimit-requests-limit", str(decision.limit)))
-        out.append(("anthropic-ratelimit-requests-remaining", str(decision.remaining)))
-        out.append(("anthropic-ratelimit-requests-reset", format_rfc3339(reset_at)))
-        return out
+        return rate_limit_headers(decision, self._wall())
+
+
+def rate_limit_headers(decision: RateDecision, now: float) -> list[tuple[str, str]]:
+    """Response headers for ``decision`` taken at wall-clock time ``now`` (lower-case names)."""
+    out: list[tuple[str, str]] = []
+    if not decision.allowed:
+        out.append(("retry-after", str(max(1, math.ceil(decision.retry_after_s)))))
+    # Round the reset instant up so the client never retries before the bucket is really full.
+    reset_at = math.ceil(now + decision.reset_s)
+    out.append(("anthropic-ratelimit-requests-limit", str(decision.limit)))
+    out.append(("anthropic-ratelimit-requests-remaining", str(decision.remaining)))
+    out.append(("anthropic-ratelimit-requests-reset", format_rfc3339(reset_at)))
+    return out

@@ -12,21 +12,24 @@ from clasp.translate.request import translate_request
 
 
 class CountTokens:
-    def __init__(self, router: Router, chain: UpstreamChain, limiter=None) -> None:
+    def __init__(self, router: Router, chain: UpstreamChain, limiter=None, access=None) -> None:
         self.router = router
         self.chain = chain
         self.limiter = limiter
+        self.access = access
 
-    async def handle(self, req: Request, resp: Responder, client_id: str | None = None) -> None:
+    async def handle(self, req: Request, resp: Responder, client_id: str | None = None, key=None) -> None:
         """client_id: the rate-limit key (the peer address by default); the same bucket as
-        /v1/messages."""
+        /v1/messages, and so is the client key's own rate limit (``key``)."""
         headers = [JSON_HEADER]
-        if self.limiter is not None:
-            try:
+        try:
+            if self.limiter is not None:
                 headers.extend(await self.limiter.admit(req.client if client_id is None else client_id))
-            except ProxyError as err:
-                await send_error(resp, err)
-                return
+            if self.access is not None and key is not None and key.rate_limit:
+                headers.extend(await self.access.admit(key))
+        except ProxyError as err:
+            await send_error(resp, err)
+            return
         try:
             body = parse_body(req.body)
             if not isinstance(body.get("messages"), list):

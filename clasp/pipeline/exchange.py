@@ -16,16 +16,19 @@ class Exchange:
     stream: bool = False
     status: int = 0
     ttft: float | None = None
-    input_tokens: int = 0
+    input_tokens: int = 0           # cache reads included
+    cached_tokens: int = 0          # input tokens read from the provider's prompt cache
     output_tokens: int = 0
     tool_calls: int = 0
     cache: str = ""
     error_type: str = ""            # the Anthropic error the client got (dashboard's last errors)
     error_message: str = ""
+    key: str = ""                   # the client key's name ("" without one)
 
     def book(self, usage: dict, tool_calls: int) -> None:
         """Token counts of an Anthropic usage object (cache reads count as input) and tool calls."""
-        self.input_tokens = usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+        self.cached_tokens = usage.get("cache_read_input_tokens", 0)
+        self.input_tokens = usage.get("input_tokens", 0) + self.cached_tokens
         self.output_tokens = usage.get("output_tokens", 0)
         self.tool_calls = tool_calls
 

@@ -1,8 +1,10 @@
 """POST /v1/messages, composed in order (auth happened at dispatch):
 
-    rate limit -> parse -> web search? (its own branch: web_search.py)
-               -> route -> chain (cache, queue, breaker, retries, fallback)
+    rate limit (global, then the key's) -> parse -> route -> access (model allowed, budget)
+               -> web search? (its own branch: web_search.py)
+               -> chain (cache, queue, breaker, retries, fallback)
                -> relay (translate the whole response, or the stream as it arrives)
+               -> spend (tokens and cost booked per key, model and target)
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from clasp.ops.access import allowed_routes
+from clasp.ops.auth import ANONYMOUS
 from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.metrics import NOT_ROUTED, Metrics
 from clasp.pipeline.chain import UpstreamChain, routes_for
@@ -26,7 +30,10 @@ from clasp.translate.errors import InvalidRequest, ProxyError
 class MessagesPipeline:
     def __init__(self, *, clock: Callable[[], float], router: Router, chain: UpstreamChain, relay: Relay,
                  metrics: Metrics, limiter=None, access_log: AccessLog | None = None,
-                 debug_log: DebugLog | None = None, web_search: WebSearch | None = None) -> None:
+                 debug_log: DebugLog | None = None, access=None, spend=None,
+                 web_search: WebSearch | None = None) -> None:
+        """``access``: per-key enforcement (clasp.ops.access.AccessControl); ``spend``: the
+        SpendLedger booking each answered request; ``web_search``: the web-search branch."""
         self.clock = clock
         self.router = router
         self.chain = chain
@@ -35,16 +42,21 @@ class MessagesPipeline:
         self.limiter = limiter
         self.access_log = access_log
         self.debug_log = debug_log
+        self.access = access
+        self.spend = spend
         self.web_search = web_search
 
-    async def handle(self, req: Request, resp: Responder, client_id: str, *, consume: bool = False) -> None:
-        """consume=True (the server's own Request): req.body is released once parsed."""
+    async def handle(self, req: Request, resp: Responder, client_id: str, *, consume: bool = False,
+                     key=None) -> None:
+        """consume=True (the server's own Request): req.body is released once parsed. ``key``: the
+        client's ApiKey (its limits, models and budgets), None for none."""
         ex = Exchange(started=self.clock())
+        ex.key = key.name if key is not None else ""
         request_id = random_id("req_")
         metrics = self.metrics
         metrics.active_requests += 1
         try:
-            await self._run(req, resp, client_id, ex, request_id, consume)
+            await self._run(req, resp, client_id, ex, request_id, consume, key)
         except ProxyError as err:
             ex.status = err.status
             ex.error_type, ex.error_message = err.error_type, err.message
@@ -65,11 +77,14 @@ class MessagesPipeline:
             self._record(req, ex)
 
     async def _run(self, req: Request, resp: Responder, client_id: str, ex: Exchange,
-                   request_id: str, consume: bool) -> None:
+                   request_id: str, consume: bool, key=None) -> None:
         # rate limit
         extra_headers: list[tuple[str, str]] = [("request-id", request_id)]
         if self.limiter is not None:
             extra_headers.extend(await self.limiter.admit(client_id))
+        access = self.access
+        if access is not None and key is not None and key.rate_limit:
+            extra_headers.extend(await access.admit(key))
         # parse
         if self.debug_log:
             self.debug_log.incoming_request(req.body, req.headers)
@@ -84,6 +99,12 @@ class MessagesPipeline:
             req.body = b""  # ~50 KB per request that a long stream would otherwise pin
         ex.requested_model = model
         ex.stream = body.get("stream") is True
+        # route
+        routes = routes_for(self.router, model)
+        # access: the key may use this model (some of its routes) and has budget left
+        if access is not None and key is not None:
+            routes = allowed_routes(key, model, routes)
+            await access.check_budget(key)
         # web search: Anthropic's web_search server tool (Claude Code's WebSearch) goes to a
         # target with native search, or gets an honest "unavailable"
         if self.web_search is not None:
@@ -93,8 +114,6 @@ class MessagesPipeline:
                 body = None
                 await self.web_search.handle(box, search, resp, ex, extra_headers)
                 return
-        # route
-        routes = routes_for(self.router, model)
         # chain: cache, queue, breaker, retries, fallback.
         # The parsed client body (~120 KB for a Claude Code request) is handed over in a box
         # that the chain empties once every route is translated: with hundreds of concurrent
@@ -137,10 +156,15 @@ class MessagesPipeline:
                                     output_tokens=ex.output_tokens, cache=ex.cache.lower() or None,
                                     api=ex.api, upstream_model=ex.upstream_model,
                                     error_type=ex.error_type, error_message=ex.error_message)
+        spend, cost = self.spend, None
+        if spend is not None and ex.upstream_model and ex.cache != "HIT" and (ex.input_tokens or ex.output_tokens):
+            cost = spend.record(ex.key or ANONYMOUS, ex.provider, ex.upstream_model,
+                                ex.input_tokens - ex.cached_tokens, ex.cached_tokens, ex.output_tokens)
         if self.access_log is not None:
             self.access_log.log(method=req.method, path=req.path, status=ex.status, model=ex.requested_model,
                                 upstream_model=ex.upstream_model, provider=ex.provider,
                                 latency_ms=round(latency * 1000, 1),
                                 ttft_ms=None if ex.ttft is None else round(ex.ttft * 1000, 1),
                                 input_tokens=ex.input_tokens, output_tokens=ex.output_tokens,
-                                cache=ex.cache or "-")
+                                cache=ex.cache or "-", key=ex.key or None,
+                                cost_usd=None if cost is None else f"{cost:.6f}".rstrip("0").rstrip("."))

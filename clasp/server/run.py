@@ -135,6 +135,11 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (embedded use, tests): the caller sets `stop`
+    if hasattr(signal, "SIGHUP"):
+        try:
+            loop.add_signal_handler(signal.SIGHUP, app.reload_keys)  # keys file: reload now
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
     app.start()
     host, port = addresses[0]
     log.info("clasp %s listening on http://%s:%s -> %s (%s)", __version__, host, port,
@@ -203,14 +208,16 @@ async def _supervise(cfg: Config, children: dict[int, socket.socket]) -> int:
 
     def forward(signum: int) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = stopping or signum != getattr(signal, "SIGHUP", None)
         for child in list(running):
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: each worker reloads its keys file
+    forwarded = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    for sig in forwarded:
         loop.add_signal_handler(sig, forward, sig)
 
     def exited(pid: int, rc: int) -> None:
@@ -239,7 +246,7 @@ async def _supervise(cfg: Config, children: dict[int, socket.socket]) -> int:
     try:
         await all_exited.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in forwarded:
             loop.remove_signal_handler(sig)
         await hub.close()
     return code

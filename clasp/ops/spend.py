@@ -1,0 +1,192 @@
+"""Spend per key, model and target: tokens and cost of each finished request, kept in the Store.
+
+Hashes (the store adds its namespace prefix; days and months are UTC)::
+
+    spend:day:YYYY-MM-DD            ttl 35 days    field "<key>|<target>|<model>|<measure>"
+    spend:month:YYYY-MM             ttl 400 days   same fields
+    spend:all                       no ttl         same fields (since the store began)
+    spend:key:day:YYYY-MM-DD:<key>  ttl 35 days    field "<measure>" (the key's totals: budgets)
+    spend:key:month:YYYY-MM:<key>   ttl 400 days   same
+
+Measures: requests, input_tokens (not read from cache), cached_input_tokens, output_tokens,
+cost_usd (priced models), unpriced_requests (models without a price: their cost is unknown,
+never counted as 0).
+
+Budgets are checked before a request against the spend recorded so far, so a key may overshoot by
+the cost of the requests in flight when its budget runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Iterable
+
+from clasp.ops.pricing import PriceTable
+
+__all__ = ["SpendLedger", "MEASURES", "DAY_TTL_S", "MONTH_TTL_S"]
+
+log = logging.getLogger("clasp.spend")
+
+DAY_TTL_S = 35 * 86400
+MONTH_TTL_S = 400 * 86400
+MEASURES = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd", "unpriced_requests")
+_SEP = "|"
+_MAX_LABEL = 200
+# Distinct upstream model names booked by this process: names beyond it (clients may pass any name
+# through on a private proxy) are booked as "other", so the hashes stay bounded.
+MAX_MODELS = 1000
+
+
+def _clean(text: str) -> str:
+    text = text.replace(_SEP, "/")
+    return text if len(text) <= _MAX_LABEL else text[:_MAX_LABEL]
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def next_month_start(ts: float) -> str:
+    t = time.gmtime(ts)
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return f"{year:04d}-{month:02d}-01"
+
+
+class SpendLedger:
+    def __init__(self, store, prices: PriceTable, metrics=None, *, wall: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.prices = prices
+        self.metrics = metrics
+        self.wall = wall
+        self._pending: set[asyncio.Future] = set()
+        self._models: set[str] = set()
+        self.errors = 0
+
+    # ---- recording
+
+    def record(self, key: str, target: str, model: str, input_tokens: int, cached_tokens: int,
+               output_tokens: int) -> float | None:
+        """Book one finished request (Anthropic usage: ``input_tokens`` excludes ``cached_tokens``);
+        returns its cost, None when the model has no price. The store is written in the background."""
+        price = self.prices.lookup(model)
+        cost = None if price is None else price.cost(input_tokens, cached_tokens, output_tokens)
+        if self.metrics is not None:
+            self.metrics.record_spend(key, model, input_tokens, cached_tokens, output_tokens, cost)
+        values = {"requests": 1.0, "input_tokens": float(input_tokens), "cached_input_tokens": float(cached_tokens),
+                  "output_tokens": float(output_tokens)}
+        if cost is None:
+            values["unpriced_requests"] = 1.0
+        else:
+            values["cost_usd"] = cost
+        if model not in self._models:
+            if len(self._models) < MAX_MODELS:
+                self._models.add(model)
+            else:
+                model = "other"
+        task = asyncio.ensure_future(self._write(key, target, model, values))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return cost
+
+    async def _write(self, key: str, target: str, model: str, values: dict[str, float]) -> None:
+        now = self.wall()
+        day, month = day_of(now), month_of(now)
+        prefix = _SEP.join((_clean(key), _clean(target), _clean(model))) + _SEP
+        detail = {prefix + m: v for m, v in values.items()}
+        store = self.store
+        try:
+            await store.hincr(f"spend:day:{day}", detail, DAY_TTL_S)
+            await store.hincr(f"spend:month:{month}", detail, MONTH_TTL_S)
+            await store.hincr("spend:all", detail)
+            await store.hincr(f"spend:key:day:{day}:{key}", values, DAY_TTL_S)
+            await store.hincr(f"spend:key:month:{month}:{key}", values, MONTH_TTL_S)
+        except Exception as e:  # a store outage must not break requests; the store logs/counts it
+            self.errors += 1
+            log.warning("spend not recorded for key %r: %s", key, type(e).__name__)
+
+    async def flush(self) -> None:
+        """Wait for the writes in flight (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # ---- reading
+
+    async def key_spend(self, key: str) -> tuple[float, float]:
+        """USD spent by ``key`` today and this month (UTC)."""
+        now = self.wall()
+        (day,) = await self.store.hmget(f"spend:key:day:{day_of(now)}:{key}", ["cost_usd"])
+        (month,) = await self.store.hmget(f"spend:key:month:{month_of(now)}:{key}", ["cost_usd"])
+        return day, month
+
+    async def report(self, budget_keys: Iterable = ()) -> dict:
+        """GET /costs: spend per key and model for today, this month and since the start."""
+        now = self.wall()
+        day, month = day_of(now), month_of(now)
+        out: dict = {"currency": "USD", "day": day, "month": month,
+                     "today": _breakdown(await self.store.hgetall(f"spend:day:{day}")),
+                     "this_month": _breakdown(await self.store.hgetall(f"spend:month:{month}")),
+                     "since_start": _breakdown(await self.store.hgetall("spend:all"))}
+        budgets = {}
+        for k in budget_keys:
+            if not k.has_budget:
+                continue
+            spent_day, spent_month = await self.key_spend(k.name)
+            entry: dict = {}
+            if k.daily_budget_usd is not None:
+                entry["daily"] = {"budget_usd": k.daily_budget_usd, "spent_usd": round(spent_day, 6),
+                                  "remaining_usd": round(max(0.0, k.daily_budget_usd - spent_day), 6),
+                                  "resets_at": f"{_next_day(now)}T00:00:00Z"}
+            if k.monthly_budget_usd is not None:
+                entry["monthly"] = {"budget_usd": k.monthly_budget_usd, "spent_usd": round(spent_month, 6),
+                                    "remaining_usd": round(max(0.0, k.monthly_budget_usd - spent_month), 6),
+                                    "resets_at": f"{next_month_start(now)}T00:00:00Z"}
+            budgets[k.name] = entry
+        out["budgets"] = budgets
+        return out
+
+
+def _next_day(ts: float) -> str:
+    return day_of(ts - ts % 86400 + 86400)
+
+
+def _add(into: dict, measure: str, value: float) -> None:
+    into[measure] = into.get(measure, 0) + value
+
+
+def _finish(totals: dict) -> dict:
+    """Integers for counts; cost_usd None when no request of it had a price."""
+    out = {m: int(round(totals.get(m, 0))) for m in MEASURES if m != "cost_usd"}
+    priced = out["requests"] - out["unpriced_requests"]
+    out["cost_usd"] = round(totals.get("cost_usd", 0.0), 6) if priced > 0 else None
+    return out
+
+
+def _breakdown(fields: dict[str, float]) -> dict:
+    """{key: {totals..., "models": {model: {totals..., "targets": {target: totals}}}}}."""
+    raw: dict = {}
+    for name, value in fields.items():
+        parts = name.split(_SEP)
+        if len(parts) != 4 or parts[3] not in MEASURES:
+            continue
+        key, target, model, measure = parts
+        k = raw.setdefault(key, {"totals": {}, "models": {}})
+        m = k["models"].setdefault(model, {"totals": {}, "targets": {}})
+        _add(k["totals"], measure, value)
+        _add(m["totals"], measure, value)
+        _add(m["targets"].setdefault(target, {}), measure, value)
+    out = {}
+    for key in sorted(raw):
+        k = raw[key]
+        models = {}
+        for model in sorted(k["models"]):
+            m = k["models"][model]
+            models[model] = {**_finish(m["totals"]),
+                             "targets": {t: _finish(v) for t, v in sorted(m["targets"].items())}}
+        out[key] = {**_finish(k["totals"]), "models": models}
+    return out
