@@ -516,6 +516,25 @@ def default_config_paths(env: Mapping[str, str]) -> list[str]:
             "/etc/clasp/config.json"]
 
 
+def parse_document(text: str, *, json_format: bool, label: str, json_hint: str) -> Any:
+    """A config or keys file's JSON or TOML text. Errors give the position and the parser's
+    reason, never a quote of the text (it may hold keys)."""
+    if json_format:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{label}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    try:
+        import tomllib
+    except ImportError:
+        raise ConfigError(f"{label}: TOML needs Python 3.11+; on {sys.version_info.major}."
+                          f"{sys.version_info.minor} write {json_hint}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{label}: invalid TOML: {e}") from None
+
+
 def load_file(path: str, env: Mapping[str, str]) -> dict[str, Any]:
     """Read a TOML (3.11+) or JSON config file into {setting name: value}."""
     try:
@@ -523,22 +542,8 @@ def load_file(path: str, env: Mapping[str, str]) -> dict[str, Any]:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    if path.endswith(".json") or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path}: invalid JSON: {e}") from None
-    else:
-        try:
-            import tomllib
-        except ImportError:
-            raise ConfigError(f"config file {path}: TOML needs Python 3.11+; on "
-                              f"{sys.version_info.major}.{sys.version_info.minor} write the file as JSON "
-                              f"(clasp.json)") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+    data = parse_document(text, json_format=path.endswith(".json") or text.lstrip().startswith("{"),
+                          label=f"config file {path}", json_hint="the file as JSON (clasp.json)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a table/object")
     # [[keys]] and [prices."model"] are tables of their own, not settings to flatten

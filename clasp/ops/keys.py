@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from clasp.config import TIERS, ConfigError
+from clasp.config import TIERS, ConfigError, parse_document
 
 __all__ = ["ApiKey", "KeyRing", "KeyFile", "parse_keys", "load_keys_file", "digest_of"]
 
@@ -204,25 +202,10 @@ def read_keys_document(path: str) -> list:
     except UnicodeDecodeError:
         raise ConfigError(f"keys file {path}: not UTF-8 text") from None
     stripped = text.lstrip()
-    if not path.endswith(".toml") and (path.endswith(".json") or stripped.startswith("{")
-                                       or (stripped.startswith("[") and not stripped.startswith("[["))):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            # the position only: the message never quotes the document (it holds keys)
-            raise ConfigError(f"keys file {path}: invalid JSON at line {e.lineno} column {e.colno}") from None
-    else:
-        try:
-            import tomllib
-        except ImportError:
-            raise ConfigError(f"keys file {path}: TOML needs Python 3.11+; on "
-                              f"{sys.version_info.major}.{sys.version_info.minor} write it as JSON "
-                              f"({{\"keys\": [...]}})") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            where = str(e).rpartition("(")[2].rstrip(")") if "(" in str(e) else "?"
-            raise ConfigError(f"keys file {path}: invalid TOML ({where})") from None
+    json_format = not path.endswith(".toml") and (
+        path.endswith(".json") or stripped.startswith("{") or (stripped.startswith("[") and not stripped.startswith("[[")))
+    data = parse_document(text, json_format=json_format, label=f"keys file {path}",
+                          json_hint='it as JSON ({"keys": [...]})')
     if isinstance(data, dict):
         extra = sorted(set(data) - {"keys"})
         if extra:

@@ -54,6 +54,14 @@ class RateDecision:
     reset_s: float          # seconds until the bucket is full again
 
 
+def rate_decision(allowed: bool, tokens: float, rate_per_s: float, burst: int) -> RateDecision:
+    """The decision of a token bucket of capacity ``burst`` refilled at ``rate_per_s``, holding
+    ``tokens`` after this request (one token taken if ``allowed``)."""
+    return RateDecision(allowed=allowed, limit=int(burst), remaining=int(tokens + _EPS),
+                        retry_after_s=0.0 if allowed else max(0.0, 1.0 - tokens) / rate_per_s,
+                        reset_s=max(0.0, burst - tokens) / rate_per_s)
+
+
 def format_rfc3339(ts: float) -> str:
     """UTC RFC 3339 timestamp with whole seconds, e.g. ``2025-01-02T03:04:05Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
@@ -120,22 +128,12 @@ class RateLimiter:
             tokens = b[0]
             if elapsed > 0:
                 tokens = min(capacity, tokens + elapsed * rate)
-        if tokens + _EPS >= 1.0:
+        allowed = tokens + _EPS >= 1.0
+        if allowed:
             tokens = max(0.0, tokens - 1.0)
-            allowed = True
-            retry_after = 0.0
-        else:
-            allowed = False
-            retry_after = max(0.0, 1.0 - tokens) / rate
         b[0] = tokens
         b[1] = now
-        return RateDecision(
-            allowed=allowed,
-            limit=self.burst,
-            remaining=int(tokens + _EPS),
-            retry_after_s=retry_after,
-            reset_s=max(0.0, capacity - tokens) / rate,
-        )
+        return rate_decision(allowed, tokens, rate, self.burst)
 
     def _sweep(self, now: float) -> None:
         """Drop a few least-recently-used buckets that are full again or idle too long."""

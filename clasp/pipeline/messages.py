@@ -18,9 +18,9 @@ from clasp.ops.logs import AccessLog, DebugLog
 from clasp.ops.metrics import NOT_ROUTED, Metrics
 from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.exchange import CachedResponse, Exchange
-from clasp.pipeline.relay import Relay
+from clasp.pipeline.relay import Relay, book_route, send_cached
 from clasp.pipeline.web_search import WebSearch, web_search_request
-from clasp.pipeline.wire import JSON_HEADER, invalid, parse_body, send_error
+from clasp.pipeline.wire import invalid, parse_body, send_error
 from clasp.routing.providers import Router
 from clasp.server.http import Request, Responder
 from clasp.translate.common import random_id
@@ -122,18 +122,10 @@ class MessagesPipeline:
         body = None
         outcome = await self.chain.obtain(box, routes, ex)
         if isinstance(outcome, CachedResponse):
-            ex.cache = "HIT"
-            ex.status = 200
-            ex.provider, ex.upstream_model = outcome.provider, outcome.upstream_model
-            await resp.send(200, [JSON_HEADER, *extra_headers, ("x-clasp-provider", outcome.provider),
-                                  ("x-clasp-cache", "HIT")], outcome.body)
+            await send_cached(resp, ex, outcome, extra_headers)
             return
         route, ctx, caps, upstream, cache_key = outcome
-        ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
-        extra_headers.append(("x-clasp-provider", route.target.name))
-        if cache_key is not None:
-            ex.cache = "MISS"
-            extra_headers.append(("x-clasp-cache", "MISS"))
+        book_route(ex, route, cache_key, extra_headers)
         # relay
         is_sse = "text/event-stream" in upstream.headers.get("content-type", "")
         if ex.stream and is_sse:

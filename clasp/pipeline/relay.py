@@ -32,6 +32,23 @@ _DONE = "[DONE]"
 _FINISH_GRACE_S = 5.0
 
 
+async def send_cached(resp: Responder, ex: Exchange, hit: CachedResponse, headers: list) -> None:
+    """Answer from the response cache, and book it."""
+    ex.cache, ex.status = "HIT", 200
+    ex.provider, ex.upstream_model = hit.provider, hit.upstream_model
+    await resp.send(200, [JSON_HEADER, *headers, ("x-clasp-provider", hit.provider), ("x-clasp-cache", "HIT")],
+                    hit.body)
+
+
+def book_route(ex: Exchange, route, cache_key: str | None, headers: list) -> None:
+    """The route that answered: booked, and named in the response headers (appended)."""
+    ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
+    headers.append(("x-clasp-provider", route.target.name))
+    if cache_key is not None:
+        ex.cache = "MISS"
+        headers.append(("x-clasp-cache", "MISS"))
+
+
 class Relay:
     def __init__(self, *, clock: Callable[[], float], ping_interval: float, cache=None,
                  debug_log: DebugLog | None = None, secret_variants: list[str] = (),

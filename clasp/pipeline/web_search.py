@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from clasp.config import APIS, PROVIDERS, Config, ConfigError
 from clasp.pipeline.chain import UpstreamChain, routes_for
 from clasp.pipeline.exchange import CachedResponse, Exchange
-from clasp.pipeline.relay import SSE_HEADERS, Relay
+from clasp.pipeline.relay import SSE_HEADERS, Relay, book_route, send_cached
 from clasp.pipeline.wire import JSON_HEADER, json_bytes
 from clasp.routing.providers import Route, Router, Target
 from clasp.server.http import Responder
@@ -131,17 +131,11 @@ class WebSearch:
 
         outcome = await self.chain.obtain(box, [route], ex, shape)  # no fallback: it may not search
         if isinstance(outcome, CachedResponse):
-            ex.cache, ex.status = "HIT", 200
-            ex.provider, ex.upstream_model = outcome.provider, outcome.upstream_model
-            await resp.send(200, [JSON_HEADER, *headers, ("x-clasp-provider", outcome.provider),
-                                  ("x-clasp-cache", "HIT")], outcome.body)
+            await send_cached(resp, ex, outcome, headers)
             return
         route, ctx, caps, upstream, cache_key = outcome
-        ex.provider, ex.upstream_model, ex.api = route.target.name, route.model, route.api
-        headers = [*headers, ("x-clasp-provider", route.target.name)]
-        if cache_key is not None:
-            ex.cache = "MISS"
-            headers.append(("x-clasp-cache", "MISS"))
+        headers = list(headers)
+        book_route(ex, route, cache_key, headers)
         api = route.api
         if ex.stream and "text/event-stream" in upstream.headers.get("content-type", ""):
             translator = WebSearchStream(ctx, caps, search, api, provider=route.target.name)

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from clasp.ops.ratelimit import RateDecision
+from clasp.ops.ratelimit import RateDecision, rate_decision
 
 __all__ = ["LocalStore"]
 
@@ -55,14 +55,11 @@ class LocalStore:
         else:
             buckets.move_to_end(bucket)
             tokens = min(capacity, b[0] + max(0.0, now - b[1]) * rate_per_s)
-        if tokens + _EPS >= 1.0:
+        allowed = tokens + _EPS >= 1.0
+        if allowed:
             tokens = max(0.0, tokens - 1.0)
-            allowed, retry_after = True, 0.0
-        else:
-            allowed, retry_after = False, max(0.0, 1.0 - tokens) / rate_per_s
         b[0], b[1], b[2], b[3] = tokens, now, rate_per_s, capacity
-        return RateDecision(allowed=allowed, limit=int(burst), remaining=int(tokens + _EPS),
-                            retry_after_s=retry_after, reset_s=max(0.0, capacity - tokens) / rate_per_s)
+        return rate_decision(allowed, tokens, rate_per_s, burst)
 
     async def take(self, bucket: str, rate_per_s: float, burst: int) -> RateDecision:
         return self.take_now(bucket, rate_per_s, burst)

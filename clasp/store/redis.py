@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
-from clasp.ops.ratelimit import RateDecision
+from clasp.ops.ratelimit import RateDecision, rate_decision
 from clasp.store.local import LocalStore
 from clasp.store.resp import RedisClient, RedisConnectionError, RedisError, Script, pairs, parse_url
 from clasp.translate.errors import ProxyError
@@ -39,7 +39,6 @@ __all__ = ["RedisStore", "StoreUnavailable"]
 
 log = logging.getLogger("clasp")
 
-_EPS = 1e-9
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
 MAX_PENDING = 10000  # hashes whose outage increments are kept for Redis
@@ -191,38 +190,36 @@ class RedisStore:
 
     # ---- Store
 
-    async def take(self, bucket: str, rate_per_s: float, burst: int) -> RateDecision:
-        if self.up:
-            try:
-                allowed, tokens = await self.client.eval(TAKE, [self.prefix + "bucket:" + bucket],
-                                                         [repr(float(rate_per_s)), int(burst)])
-                tokens = float(tokens)
-                capacity = float(burst)
-                if allowed:
-                    retry_after = 0.0
-                else:
-                    retry_after = max(0.0, 1.0 - tokens) / rate_per_s
-                return RateDecision(allowed=bool(allowed), limit=int(burst), remaining=int(tokens + _EPS),
-                                    retry_after_s=retry_after, reset_s=max(0.0, capacity - tokens) / rate_per_s)
-            except (RedisConnectionError, RedisError) as e:
-                self._failed(e)
-        else:
+    async def _remote(self, command: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """(True, reply) from Redis, or (False, None) while it is down or when this call fails
+        (which starts an outage: the caller then falls back, or refuses when fail-closed)."""
+        if not self.up:
             self.errors += 1
+            return False, None
+        try:
+            return True, await command()
+        except (RedisConnectionError, RedisError) as e:
+            self._failed(e)
+            return False, None
+
+    def _refuse_if_closed(self) -> None:
         if self.fail_closed:
             raise StoreUnavailable()
+
+    async def take(self, bucket: str, rate_per_s: float, burst: int) -> RateDecision:
+        ok, reply = await self._remote(lambda: self.client.eval(TAKE, [self.prefix + "bucket:" + bucket],
+                                                                [repr(float(rate_per_s)), int(burst)]))
+        if ok:
+            allowed, tokens = reply
+            return rate_decision(bool(allowed), float(tokens), rate_per_s, burst)
+        self._refuse_if_closed()
         return self.local.take_now(bucket, rate_per_s, burst)
 
     async def hincr(self, name: str, fields: dict[str, float], ttl_s: float | None = None) -> None:
-        if self.up:
-            try:
-                await self._hincr(name, fields, ttl_s)
-                return
-            except (RedisConnectionError, RedisError) as e:
-                self._failed(e)
-        else:
-            self.errors += 1
-        self.local.hincr_now(name, fields, ttl_s)
-        self._remember(name, fields, ttl_s)
+        ok, _ = await self._remote(lambda: self._hincr(name, fields, ttl_s))
+        if not ok:
+            self.local.hincr_now(name, fields, ttl_s)
+            self._remember(name, fields, ttl_s)
 
     async def _hincr(self, name: str, fields: dict[str, float], ttl_s: float | None) -> None:
         args: list = [0 if ttl_s is None else max(1, int(ttl_s * 1000))]
@@ -234,49 +231,26 @@ class RedisStore:
     async def hmget(self, name: str, fields: list[str]) -> list[float]:
         if not fields:
             return []
-        if self.up:
-            try:
-                values = await self.client.execute("HMGET", self.prefix + "hash:" + name, *fields)
-                return [0.0 if v is None else float(v) for v in values]
-            except (RedisConnectionError, RedisError) as e:
-                self._failed(e)
-        else:
-            self.errors += 1
-        if self.fail_closed:
-            raise StoreUnavailable()
+        ok, values = await self._remote(lambda: self.client.execute("HMGET", self.prefix + "hash:" + name, *fields))
+        if ok:
+            return [0.0 if v is None else float(v) for v in values]
+        self._refuse_if_closed()
         return await self.local.hmget(name, fields)
 
     async def hgetall(self, name: str) -> dict[str, float]:
-        if self.up:
-            try:
-                reply = await self.client.execute("HGETALL", self.prefix + "hash:" + name)
-                return {k.decode("utf-8", "replace"): float(v) for k, v in pairs(reply).items()}
-            except (RedisConnectionError, RedisError) as e:
-                self._failed(e)
-        else:
-            self.errors += 1
-        if self.fail_closed:
-            raise StoreUnavailable()
+        ok, reply = await self._remote(lambda: self.client.execute("HGETALL", self.prefix + "hash:" + name))
+        if ok:
+            return {k.decode("utf-8", "replace"): float(v) for k, v in pairs(reply).items()}
+        self._refuse_if_closed()
         return await self.local.hgetall(name)
 
     async def cache_get(self, key: str) -> bytes | None:
-        if not self.up:
-            self.errors += 1
-            return None
-        try:
-            return await self.client.execute("GET", self.prefix + "cache:" + key)
-        except (RedisConnectionError, RedisError) as e:
-            self._failed(e)
-            return None
+        ok, value = await self._remote(lambda: self.client.execute("GET", self.prefix + "cache:" + key))
+        return value if ok else None
 
     async def cache_put(self, key: str, value: bytes, ttl_s: float) -> None:
-        if not self.up:
-            self.errors += 1
-            return
-        try:
-            await self.client.execute("SET", self.prefix + "cache:" + key, value, "PX", max(1, int(ttl_s * 1000)))
-        except (RedisConnectionError, RedisError) as e:
-            self._failed(e)
+        await self._remote(lambda: self.client.execute("SET", self.prefix + "cache:" + key, value,
+                                                       "PX", max(1, int(ttl_s * 1000))))
 
     def health(self) -> dict:
         # /health is anonymous by default: no address or error text here (the log has them)
