@@ -433,3 +433,22 @@ def test_fail_closed_answers_503_while_redis_is_down(lt, upstream, proxies, fake
         assert "Redis" in err["error"]["message"] and PASSWORD not in err["error"]["message"]
         assert headers["retry-after"] == "5"
     assert len(upstream.requests) == calls
+
+
+def test_fail_closed_costs_and_a_budgeted_key_answer_503_while_redis_is_down(lt, upstream, proxies, fake_redis,
+                                                                                tmp_path):
+    # GET /costs reads the store too: an Anthropic 503 naming the setting, never a 500 with a traceback
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "ops", "key": "sk-ops-Kq83bZ1x", "daily_budget_usd": 5}]}))
+    upstream.script = lambda seen: json_reply(completion())
+    p = _proxy(proxies, lt, upstream, fake_redis, "-redis-fail-closed", "-keys-file", str(keys))
+    auth = {"x-api-key": "sk-ops-Kq83bZ1x"}
+    assert p.request("GET", "/costs", headers=auth)[0] == 200
+    lt.run(fake_redis.stop())
+    for method, path, body in (("GET", "/costs", None), ("POST", "/v1/messages", HELLO)):
+        status, headers, raw = p.request(method, path, body, headers=auth)
+        err = json.loads(raw)
+        assert status == 503 and err["type"] == "error" and err["error"]["type"] == "api_error", (path, raw)
+        assert "-redis-fail-closed" in err["error"]["message"] and headers["retry-after"] == "5"
+    assert "Traceback" not in p.log.getvalue()
+    assert p.request("GET", "/metrics", headers=auth)[0] == 200            # the server keeps serving
