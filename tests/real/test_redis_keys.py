@@ -251,3 +251,27 @@ def test_redis_restarted_mid_test_fail_open_keeps_exact_totals(gateway):
     log_text = gw.clasps.stderr
     assert log_text.count("Redis store unreachable") == 2      # once per replica and outage
     assert log_text.count("reachable again") == 2
+
+
+def test_redis_refusing_writes_mid_test_keeps_exact_totals(gateway):
+    # Redis answers but refuses writes (out of memory under maxmemory; a read-only replica after a
+    # failover is the same): no outage, traffic continues, and what was booked meanwhile reaches
+    # Redis once it takes writes again
+    gw = gateway()
+    for port in (gw.a, gw.b):
+        assert gw.post(port, CAROL)[0] == 200
+    wait_until(lambda: gw.costs(gw.a)["today"].get("carol", {}).get("requests") == 2, "the first spend")
+    gw.redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    gw.redis.command("CONFIG", "SET", "maxmemory", "1")
+    assert [gw.post(port, CAROL)[0] for port in (gw.a, gw.b, gw.a, gw.b)] == [200] * 4
+    gw.redis.command("CONFIG", "SET", "maxmemory", "0")
+
+    def exact(port: int) -> bool:
+        carol = gw.costs(port)["today"].get("carol", {})
+        return (carol.get("requests"), carol.get("output_tokens")) == (6, 6 * OUTPUT)
+    wait_until(lambda: exact(gw.a) and exact(gw.b), "the refused spend to reach Redis")
+    for port in (gw.a, gw.b):
+        assert gw.costs(port)["today"]["carol"]["cost_usd"] == pytest.approx(cost_of(MAIN, 6), abs=1e-6)
+        assert gw.health(port)["status"] == "ok"
+    gw.finish()
+    assert "refused a command: OOM" in gw.clasps.stderr
