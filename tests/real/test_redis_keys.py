@@ -57,7 +57,7 @@ SECRETS = (*KEYS.values(), *(sha(k) for k in KEYS.values()), PASSWORD)
 class Gateway:
     """Two replicas on one Redis; every answer they give is kept, to look for secrets in it."""
 
-    def __init__(self, tmp_path, redis, upstream, clasps, *argv: str) -> None:
+    def __init__(self, tmp_path, redis, upstream, clasps, *argv: str, a_argv: tuple = ()) -> None:
         upstream.script = lambda seen: json_reply(completion(usage=USAGE))
         keys = tmp_path / "keys.json"
         keys.write_text(json.dumps({"keys": [
@@ -68,8 +68,8 @@ class Gateway:
         ]}))
         self.redis, self.upstream, self.clasps = redis, upstream, clasps
         self.answers: list[str] = []
-        self.a, self.b = (clasps.start(upstream, redis.url, "-keys-file", str(keys), *argv, model=MAIN,
-                                       env={"CLASP_MODEL_HAIKU": SMALL}) for _ in range(2))
+        self.a, self.b = (clasps.start(upstream, redis.url, "-keys-file", str(keys), *argv, *extra, model=MAIN,
+                                       env={"CLASP_MODEL_HAIKU": SMALL}) for extra in (a_argv, ()))
 
     def request(self, port: int, method: str, path: str, key: str, body: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
@@ -120,8 +120,8 @@ def wait_until(predicate, what: str, timeout: float = 15) -> None:
 def gateway(tmp_path, redis, upstream, clasps):
     made = []
 
-    def make(*argv: str) -> Gateway:
-        made.append(Gateway(tmp_path, redis, upstream, clasps, *argv))
+    def make(*argv: str, a_argv: tuple = ()) -> Gateway:
+        made.append(Gateway(tmp_path, redis, upstream, clasps, *argv, a_argv=a_argv))
         return made[-1]
     return make
 
@@ -275,3 +275,19 @@ def test_redis_refusing_writes_mid_test_keeps_exact_totals(gateway):
         assert gw.health(port)["status"] == "ok"
     gw.finish()
     assert "refused a command: OOM" in gw.clasps.stderr
+
+
+def test_a_replica_with_two_workers_shares_the_limits_and_costs_with_the_other(gateway):
+    # -workers 2 with Redis: each worker uses Redis itself, so 3 processes hold one limit per key
+    gw = gateway(a_argv=("-workers", "2"))
+    wait_until(lambda: gw.clasps.procs[0].err.count(b"listening on") == 2, "both workers of replica A")
+    statuses = [gw.post(port, ALICE)[0] for _ in range(8) for port in (gw.a, gw.b)]
+    assert BURST <= statuses.count(200) <= BURST + 1 and statuses.count(429) == 16 - statuses.count(200)
+    assert gw.post(gw.a, BOB)[0] == 200
+    wait_until(lambda: gw.costs(gw.b)["budgets"]["bob"]["daily"]["remaining_usd"] == 0, "bob's spend on B")
+    assert [gw.post(port, BOB)[0] for port in (gw.a, gw.b, gw.a, gw.a)] == [402] * 4
+    processes = json.loads(gw.get(gw.a, "/metrics"))["worker"]["processes"]
+    assert len(processes) == 2 and all(p["requests"] > 0 for p in processes)   # both workers served
+    assert gw.costs(gw.a)["today"] == gw.costs(gw.b)["today"]
+    assert gw.costs(gw.a)["today"]["alice"]["requests"] == statuses.count(200)
+    gw.finish()
