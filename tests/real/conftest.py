@@ -1,4 +1,4 @@
-"""The real tier: a real llama-server with a real model, and the real Claude Code CLI.
+"""The real tier: a real llama-server with a real model, the real Claude Code CLI, and a real redis-server.
 
 Nothing here is mocked. What it needs is installed on first use by provision.py into a cache
 kept between runs (~/.cache/clasp, or $CLASP_REAL_CACHE). When it cannot install, the tier fails
