@@ -164,6 +164,10 @@ class App:
             authorized = await self._dispatch(req, resp)
             if authorized is not None:
                 client_id, key = authorized
+        except ProxyError as err:  # an endpoint's own refusal (GET /costs with -redis-fail-closed: 503)
+            if resp.started:
+                raise
+            await send_error(resp, err)
         except asyncio.CancelledError:
             cancelled = True
             raise

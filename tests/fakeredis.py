@@ -55,6 +55,7 @@ class FakeRedis:
         self.commands: list[list[bytes]] = []   # every command received (AUTH arguments included)
         self.connections = 0                     # connections accepted since the start
         self.hang = False
+        self.refuse_writes: str | None = None    # an error reply to every script (they all write)
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -184,6 +185,8 @@ class FakeRedis:
         raise RedisError(f"ERR unknown command '{name}'")
 
     def _script(self, source: str, rest: list[bytes], state: dict):
+        if self.refuse_writes:  # e.g. OOM under maxmemory, READONLY on a replica: the scripts write
+            raise RedisError(self.refuse_writes)
         nkeys = int(rest[0])
         keys, argv = rest[1:1 + nkeys], rest[1 + nkeys:]
         if source == TAKE.source:

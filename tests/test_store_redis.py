@@ -336,6 +336,32 @@ def test_an_error_reply_falls_back_for_that_call_without_an_outage():
     run(scenario())
 
 
+def test_counters_refused_by_an_error_reply_reach_redis_once_it_accepts_writes():
+    # Redis answers but refuses writes for a while (OOM under maxmemory, READONLY after a failover,
+    # LOADING after a restart): no outage starts, and what was booked meanwhile still reaches Redis
+    async def scenario():
+        server = FakeRedis()
+        await server.start()
+        store = RedisStore(server.url)
+        try:
+            await store.hincr("spend", {"usd": 1.0})
+            server.refuse_writes = "OOM command not allowed when used memory > 'maxmemory'."
+            await store.hincr("spend", {"usd": 2.0})
+            await store.hincr("spend", {"usd": 4.0})
+            assert store.health()["status"] == "ok" and store.errors == 2     # an error reply is no outage
+            server.refuse_writes = None
+            for _ in range(200):
+                if (await store.hgetall("spend")).get("usd") == 7.0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await store.hgetall("spend") == {"usd": 7.0}
+            assert float(server.dbs[0][b"clasp:hash:spend"][b"usd"]) == 7.0   # in Redis, not only here
+        finally:
+            await store.close()
+            await server.stop()
+    run(scenario())
+
+
 def test_token_bucket_script_uses_the_server_clock():
     # TAKE reads TIME inside the script: replicas with skewed clocks share one correct bucket
     assert "redis.call('TIME')" in TAKE.source and "PEXPIRE" in TAKE.source
@@ -433,3 +459,22 @@ def test_fail_closed_answers_503_while_redis_is_down(lt, upstream, proxies, fake
         assert "Redis" in err["error"]["message"] and PASSWORD not in err["error"]["message"]
         assert headers["retry-after"] == "5"
     assert len(upstream.requests) == calls
+
+
+def test_fail_closed_costs_and_a_budgeted_key_answer_503_while_redis_is_down(lt, upstream, proxies, fake_redis,
+                                                                                tmp_path):
+    # GET /costs reads the store too: an Anthropic 503 naming the setting, never a 500 with a traceback
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "ops", "key": "sk-ops-Kq83bZ1x", "daily_budget_usd": 5}]}))
+    upstream.script = lambda seen: json_reply(completion())
+    p = _proxy(proxies, lt, upstream, fake_redis, "-redis-fail-closed", "-keys-file", str(keys))
+    auth = {"x-api-key": "sk-ops-Kq83bZ1x"}
+    assert p.request("GET", "/costs", headers=auth)[0] == 200
+    lt.run(fake_redis.stop())
+    for method, path, body in (("GET", "/costs", None), ("POST", "/v1/messages", HELLO)):
+        status, headers, raw = p.request(method, path, body, headers=auth)
+        err = json.loads(raw)
+        assert status == 503 and err["type"] == "error" and err["error"]["type"] == "api_error", (path, raw)
+        assert "-redis-fail-closed" in err["error"]["message"] and headers["retry-after"] == "5"
+    assert "Traceback" not in p.log.getvalue()
+    assert p.request("GET", "/metrics", headers=auth)[0] == 200            # the server keeps serving

@@ -20,6 +20,10 @@ so none waits a connect timeout. While down:
 * fail-closed (``-redis-fail-closed``): ``take``, ``hmget`` and ``hgetall`` raise StoreUnavailable, a
   503 for the client; counters and the cache behave as in fail-open.
 
+An error reply (Redis answers but refuses: OOM under maxmemory, READONLY after a failover,
+LOADING after a restart) is no outage: that one call falls back as above, and refused increments
+are added by a background task (same backoff) once Redis takes writes again.
+
 One warning is logged when an outage starts, one info line when Redis is back.
 """
 
@@ -108,6 +112,7 @@ class RedisStore:
         self._pending: dict[str, tuple[dict[str, float], float | None]] = {}
         self.dropped_increments = 0
         self._retry: asyncio.Future | None = None
+        self._drain: asyncio.Future | None = None  # adds increments an error reply refused, Redis being up
         self._closed = False
         self._last_reply_warning = -1e9
 
@@ -162,6 +167,22 @@ class RedisStore:
             except BaseException:
                 self._remember(name, fields, ttl)
                 raise
+
+    async def _drain_pending(self) -> None:
+        """Redis is up but refused increments (an error reply: OOM, READONLY, LOADING): add them
+        once it takes them again. An outage meanwhile hands the job to the reconnect task."""
+        delay = BACKOFF_START_S
+        while self._pending and self.up and not self._closed:
+            await asyncio.sleep(delay)
+            if not self.up:
+                return
+            try:
+                await self._flush_pending()
+            except RedisConnectionError as e:
+                self._failed(e)
+                return
+            except RedisError:
+                delay = min(delay * 2, BACKOFF_MAX_S)
 
     def _remember(self, name: str, fields: dict[str, float], ttl_s: float | None) -> None:
         pending = self._pending.get(name)
@@ -220,6 +241,9 @@ class RedisStore:
         if not ok:
             self.local.hincr_now(name, fields, ttl_s)
             self._remember(name, fields, ttl_s)
+            # Redis up but refusing writes (OOM, read-only replica, loading): no outage retries them
+            if self.up and not self._closed and (self._drain is None or self._drain.done()):
+                self._drain = asyncio.ensure_future(self._drain_pending())
 
     async def _hincr(self, name: str, fields: dict[str, float], ttl_s: float | None) -> None:
         args: list = [0 if ttl_s is None else max(1, int(ttl_s * 1000))]
@@ -259,7 +283,8 @@ class RedisStore:
 
     async def close(self) -> None:
         self._closed = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        for task in (self._retry, self._drain):
+            if task is not None:
+                task.cancel()
+        self._retry = self._drain = None
         await self.client.close()

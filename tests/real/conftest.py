@@ -1,4 +1,4 @@
-"""The real tier: a real llama-server with a real model, and the real Claude Code CLI.
+"""The real tier: a real llama-server with a real model, the real Claude Code CLI, and a real redis-server.
 
 Nothing here is mocked. What it needs is installed on first use by provision.py into a cache
 kept between runs (~/.cache/clasp, or $CLASP_REAL_CACHE). When it cannot install, the tier fails
@@ -7,13 +7,16 @@ loudly: it never skips.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +26,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import provision  # noqa: E402
 
-from harness import free_port  # noqa: E402
+from harness import free_port, spawn_clasp  # noqa: E402
+from clasp.store.resp import RedisClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,3 +183,128 @@ def node_available() -> None:
 def scratch():
     with tempfile.TemporaryDirectory(prefix="clasp-real-") as d:
         yield Path(d)
+
+
+# ------------------------------------------------------------------------------ Redis and clasp processes
+
+CERTS = Path(__file__).resolve().parents[1] / "certs"
+PASSWORD = "Rd-pw-7Hq2Lx9Vb4"
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1 (plain port, and a TLS port), restartable on the same ports."""
+
+    def __init__(self, tmp: Path, password: str = PASSWORD) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is not installed (Debian: apt-get install redis-server; .ci/run does it)"
+        self.exe = exe
+        self.dir = tmp
+        self.password = password
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://default:{self.password}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={CERTS / 'ca.pem'}"
+
+    def start(self) -> None:
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir), "--requirepass", self.password,
+                "--tls-port", str(self.tls_port), "--tls-cert-file", str(CERTS / "server.pem"),
+                "--tls-key-file", str(CERTS / "server.key"), "--tls-ca-cert-file", str(CERTS / "ca.pem"),
+                "--tls-auth-clients", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    if s.recv(100):  # -NOAUTH ...: it answers
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited: {self.proc.stdout.read().decode(errors='replace')}")
+            if time.monotonic() > deadline:
+                raise AssertionError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self, persist: bool = False) -> None:
+        """Stop the server; ``persist``: save the data first, so the next start() loads it (a
+        restart with persistence: the same data, as after a crash of a server with AOF/RDB)."""
+        if self.proc is not None:
+            if persist:
+                self.command("SAVE")
+            self.proc.terminate()
+            self.proc.communicate(timeout=10)
+            self.proc = None
+
+    def command(self, *args):
+        async def go():
+            client = RedisClient(self.url)
+            try:
+                return await client.execute(*args)
+            finally:
+                await client.close()
+        return asyncio.run(go())
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+
+class Clasps:
+    """clasp processes started by a test; stopped afterwards, their stderr kept for inspection."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.stderr = ""
+
+    def start(self, upstream, redis_url: str, *argv: str, model: str = "gpt-test", env: dict | None = None) -> int:
+        proc, port = spawn_clasp(["-provider", "custom", "-model", model, *argv],
+                                 {"CUSTOM_BASE_URL": upstream.url, "CLASP_REDIS_URL": redis_url, **(env or {})})
+        # stderr read all along: access lines must never fill the pipe and block the process
+        proc.err = bytearray()
+        proc.drain = threading.Thread(target=lambda: [proc.err.extend(line) for line in proc.stderr], daemon=True)
+        proc.drain.start()
+        self.procs.append(proc)
+        return port
+
+    def stop(self) -> str:
+        for proc in self.procs:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            proc.drain.join(5)
+            proc.stdout.close()
+            proc.stderr.close()
+            self.stderr += proc.err.decode(errors="replace")
+        self.procs = []
+        return self.stderr
+
+
+@pytest.fixture
+def clasps():
+    c = Clasps()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def clasps():
+    c = Clasps()
+    yield c
+    c.stop()

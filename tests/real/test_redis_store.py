@@ -16,91 +16,19 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import shutil
-import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 import promparse
 import store_contract
-from harness import completion, free_port, json_reply, spawn_clasp
+from conftest import PASSWORD
+from harness import completion, json_reply
 from clasp.store.redis import RedisStore
 from clasp.store.resp import RedisClient
 
-CERTS = Path(__file__).resolve().parents[1] / "certs"
-PASSWORD = "Rd-pw-7Hq2Lx9Vb4"
 HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
 DET = {**HELLO, "temperature": 0}
-
-
-class RedisServer:
-    """redis-server on 127.0.0.1 (plain port, and a TLS port), restartable on the same ports."""
-
-    def __init__(self, tmp: Path, password: str = PASSWORD) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed (Debian: apt-get install redis-server; .ci/run does it)"
-        self.exe = exe
-        self.dir = tmp
-        self.password = password
-        self.port = free_port()
-        self.tls_port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    @property
-    def tls_url(self) -> str:
-        return f"rediss://default:{self.password}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={CERTS / 'ca.pem'}"
-
-    def start(self) -> None:
-        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.dir), "--requirepass", self.password,
-                "--tls-port", str(self.tls_port), "--tls-cert-file", str(CERTS / "server.pem"),
-                "--tls-key-file", str(CERTS / "server.key"), "--tls-ca-cert-file", str(CERTS / "ca.pem"),
-                "--tls-auth-clients", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    if s.recv(100):  # -NOAUTH ...: it answers
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited: {self.proc.stdout.read().decode(errors='replace')}")
-            if time.monotonic() > deadline:
-                raise AssertionError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.communicate(timeout=10)
-            self.proc = None
-
-    def command(self, *args):
-        async def go():
-            client = RedisClient(self.url)
-            try:
-                return await client.execute(*args)
-            finally:
-                await client.close()
-        return asyncio.run(go())
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 # ------------------------------------------------------------------------------- the contract
@@ -160,35 +88,6 @@ def _get(port: int, path: str) -> bytes:
         return r.read()
     finally:
         conn.close()
-
-
-class Clasps:
-    """clasp processes started by a test; stopped afterwards, their stderr kept for inspection."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.stderr = ""
-
-    def start(self, upstream, redis_url: str, *argv: str) -> int:
-        proc, port = spawn_clasp(["-provider", "custom", "-model", "gpt-test", *argv],
-                                 {"CUSTOM_BASE_URL": upstream.url, "CLASP_REDIS_URL": redis_url})
-        self.procs.append(proc)
-        return port
-
-    def stop(self) -> str:
-        for proc in self.procs:
-            proc.terminate()
-            _, err = proc.communicate(timeout=20)
-            self.stderr += err.decode(errors="replace")
-        self.procs = []
-        return self.stderr
-
-
-@pytest.fixture
-def clasps():
-    c = Clasps()
-    yield c
-    c.stop()
 
 
 def _wait(predicate, what: str, timeout: float = 15) -> None:
