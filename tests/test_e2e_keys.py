@@ -296,3 +296,20 @@ def test_sighup_reloads_the_keys_file_of_a_running_clasp(upstream, tmp_path):
             _, err = proc.communicate()
     assert b"reloaded: 1 keys" in err
     assert_no_secrets(err.decode(errors="replace"), "the process log")
+
+
+def test_without_a_keys_file_sighup_still_stops_clasp(upstream):
+    """SIGHUP means "reload" only when there is a keys file to reload: otherwise a proxy left in a
+    closed terminal must stop, as it always did."""
+    import signal
+
+    from harness import spawn_clasp
+
+    proc, _port = spawn_clasp(["-provider", "custom"], {"CUSTOM_BASE_URL": upstream.url})
+    try:
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(15) == -signal.SIGHUP
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

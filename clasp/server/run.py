@@ -105,12 +105,29 @@ def connection_limit(cfg: Config, open_files: int | None, upstream_origins: int)
     return max(1, min(_MAX_AUTO_CONNECTIONS, budget))
 
 
+def reloads_on_sighup(cfg: Config) -> bool:
+    """SIGHUP re-reads the keys file when there is one; otherwise it keeps its default meaning
+    (the terminal is gone: stop)."""
+    return bool(cfg.keys_file) and hasattr(signal, "SIGHUP")
+
+
+def ignore_sighup_until_ready(cfg: Config) -> None:
+    """With a keys file, a SIGHUP (a reload) arriving before the handler is installed must not
+    kill the process: ignore it until then (main thread only; embedded use has no signals)."""
+    if reloads_on_sighup(cfg):
+        try:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        except ValueError:
+            pass
+
+
 async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "asyncio.Event | None" = None,
                 sock: socket.socket | None = None, log_stream=None, group: socket.socket | None = None) -> int:
     """Run the proxy until SIGINT/SIGTERM (or `stop` is set); returns the exit code. ``group``: a
     worker's end of the socketpair to the parent of a ``-workers N`` group."""
     import asyncio
 
+    ignore_sighup_until_ready(cfg)
     from clasp.app import App
     from clasp.server.http import HTTPServer, ServerLimits
 
@@ -135,7 +152,7 @@ async def serve(cfg: Config, *, ready: "asyncio.Future | None" = None, stop: "as
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (embedded use, tests): the caller sets `stop`
-    if hasattr(signal, "SIGHUP"):
+    if reloads_on_sighup(cfg):
         try:
             loop.add_signal_handler(signal.SIGHUP, app.reload_keys)  # keys file: reload now
         except (NotImplementedError, RuntimeError, ValueError):
@@ -163,6 +180,7 @@ def run_workers(cfg: Config) -> int:
     if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
         log.warning("this platform has no SO_REUSEPORT/fork: running one worker")
         return asyncio.run(serve(cfg))
+    ignore_sighup_until_ready(cfg)  # the parent's and each worker's handler come later
     pairs = [socket.socketpair() for _ in range(cfg.workers)]
     children: dict[int, socket.socket] = {}
     for i in range(cfg.workers):
@@ -216,7 +234,7 @@ async def _supervise(cfg: Config, children: dict[int, socket.socket]) -> int:
                 pass
 
     # SIGHUP: each worker reloads its keys file
-    forwarded = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    forwarded = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if reloads_on_sighup(cfg) else ()))
     for sig in forwarded:
         loop.add_signal_handler(sig, forward, sig)
 
