@@ -30,7 +30,10 @@ class LocalStore:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         self._hashes: dict[str, dict[str, float]] = {}
         self._expires: dict[str, float] = {}
+        # When to look at a hash with a time to live again: one entry per hash (its time in
+        # _scheduled), moved on when it is looked at, so the heap grows with the hashes, not the updates
         self._expiry_heap: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
         self.cache_max_size = cache_max_size
         # key -> (expires_at, value); least recently used first
         self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -101,7 +104,10 @@ class LocalStore:
         if ttl_s is not None:
             expires = now + ttl_s
             self._expires[name] = expires
-            heapq.heappush(self._expiry_heap, (expires, name))
+            scheduled = self._scheduled.get(name)
+            if scheduled is None or expires < scheduled:
+                self._scheduled[name] = expires
+                heapq.heappush(self._expiry_heap, (expires, name))
 
     async def hincr(self, name: str, fields: dict[str, float], ttl_s: float | None = None) -> None:
         self.hincr_now(name, fields, ttl_s)
@@ -115,11 +121,19 @@ class LocalStore:
 
     def _sweep_hashes(self, now: float) -> None:
         heap = self._expiry_heap
+        scheduled = self._scheduled
         for _ in range(_SWEEP_PER_CALL):
             if not heap or heap[0][0] > now:
                 return
-            _, name = heapq.heappop(heap)
-            self._live(name, now)  # drops it if its current expiry has passed
+            at, name = heapq.heappop(heap)
+            if scheduled.get(name) != at:
+                continue  # superseded by an earlier time (a shorter time to live)
+            del scheduled[name]
+            if self._live(name, now) is not None:  # dropped if its current expiry has passed
+                expires = self._expires.get(name)
+                if expires is not None:  # updated since: look again then
+                    scheduled[name] = expires
+                    heapq.heappush(heap, (expires, name))
 
     # cache
 
