@@ -122,3 +122,38 @@ def test_metrics_count_tokens_and_cost_per_key_and_model_bounded():
     assert 'clasp_cost_usd_total{key="bob"' not in text                 # unpriced: no cost series at all
     assert 'clasp_tokens_total{key="bob",model="other",kind="input"}' in text
     assert text.count('kind="input"') <= 32 * 302
+
+
+def test_day_and_month_follow_the_wall_clock_across_midnight_and_month_end():
+    # the names are worked out once a day: each request still lands in its own UTC day and month
+    midnight = 1801440000.0  # 2027-02-01T00:00:00Z
+    wall = [midnight - 0.5]
+    sl = SpendLedger(LocalStore(clock=lambda: 0.0), PriceTable(), wall=lambda: wall[0])
+    seen = []
+    for t in (midnight - 86400 * 3, midnight - 0.5, midnight - 1e-6, midnight, midnight + 86399.9,
+              midnight + 86400, midnight - 0.25):
+        wall[0] = t
+        sl.record("alice", "local", "m", 1, 0, 1)
+        seen.append(sl.day_and_month(t))
+    assert seen == [("2027-01-29", "2027-01"), ("2027-01-31", "2027-01"), ("2027-01-31", "2027-01"),
+                    ("2027-02-01", "2027-02"), ("2027-02-01", "2027-02"), ("2027-02-02", "2027-02"),
+                    ("2027-01-31", "2027-01")]
+    store = sl.store
+    assert run(store.hmget("spend:key:day:2027-01-31:alice", ["requests"])) == [3.0]
+    assert run(store.hmget("spend:key:day:2027-02-01:alice", ["requests"])) == [2.0]
+    assert run(store.hmget("spend:key:month:2027-01:alice", ["requests"])) == [4.0]
+    assert run(store.hmget("spend:month:2027-02", ["alice|local|m|requests"])) == [3.0]
+
+
+def test_a_local_store_is_booked_at_once_without_a_task_per_request():
+    wall = [DAY1]
+    sl = SpendLedger(LocalStore(clock=lambda: 0.0), PriceTable(parse_prices("my-model=1/0.1/2")), wall=lambda: wall[0])
+
+    async def go():
+        sl.record("alice", "openai", "my-model", 1_000_000, 0, 0)
+        assert not sl._pending                       # nothing left to run in the background
+        return await sl.key_spend("alice")           # and the budget check sees it already
+
+    assert run(go()) == (pytest.approx(1.0), pytest.approx(1.0))
+    # a store that overrides hincr (a shared one, or the recording one above) is still awaited
+    assert ledger(wall)._book_now is None

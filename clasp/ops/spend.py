@@ -24,6 +24,7 @@ import time
 from typing import Callable, Iterable
 
 from clasp.ops.pricing import PriceTable
+from clasp.store.local import LocalStore
 
 __all__ = ["SpendLedger", "MEASURES", "DAY_TTL_S", "MONTH_TTL_S"]
 
@@ -33,10 +34,12 @@ DAY_TTL_S = 35 * 86400
 MONTH_TTL_S = 400 * 86400
 MEASURES = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd", "unpriced_requests")
 _SEP = "|"
+_COST = ["cost_usd"]
 _MAX_LABEL = 200
 # Distinct upstream model names booked by this process: names beyond it (clients may pass any name
 # through on a private proxy) are booked as "other", so the hashes stay bounded.
 MAX_MODELS = 1000
+_DAY_S = 86400  # a UTC day in POSIX time (no leap seconds)
 
 
 def _clean(text: str) -> str:
@@ -67,6 +70,32 @@ class SpendLedger:
         self._pending: set[asyncio.Future] = set()
         self._models: set[str] = set()
         self.errors = 0
+        # A store whose hincr is LocalStore's own never suspends: booked at once, without a task
+        # per request (a subclass that overrides hincr, or a shared store, gets the background task)
+        self._book_now = store.hincr_now if getattr(type(store), "hincr", None) is LocalStore.hincr else None
+        # The UTC day and month of the wall clock, worked out once a day: [start, end) and the names
+        self._period = (0.0, 0.0, "", "")
+        # (key, target, model) -> {measure: field name} of the detail hashes (bounded: cleared when full)
+        self._fields: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def day_and_month(self, now: float) -> tuple[str, str]:
+        """day_of(now), month_of(now), formatted once per UTC day."""
+        start, end, day, month = self._period
+        if not start <= now < end:
+            start = now - now % _DAY_S
+            day, month = day_of(now), month_of(now)
+            self._period = (start, start + _DAY_S, day, month)
+        return day, month
+
+    def _field_names(self, key: str, target: str, model: str) -> dict[str, str]:
+        names = self._fields.get((key, target, model))
+        if names is None:
+            prefix = _SEP.join((_clean(key), _clean(target), _clean(model))) + _SEP
+            names = {m: prefix + m for m in MEASURES}
+            if len(self._fields) >= 4 * MAX_MODELS:
+                self._fields.clear()
+            self._fields[(key, target, model)] = names
+        return names
 
     # ---- recording
 
@@ -89,16 +118,34 @@ class SpendLedger:
                 self._models.add(model)
             else:
                 model = "other"
+        if self._book_now is not None:
+            self._book(key, target, model, values)
+            return cost
         task = asyncio.ensure_future(self._write(key, target, model, values))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return cost
 
+    def _book(self, key: str, target: str, model: str, values: dict[str, float]) -> None:
+        """_write for a store that never suspends (the same hashes, in the same order)."""
+        day, month = self.day_and_month(self.wall())
+        names = self._field_names(key, target, model)
+        detail = {names[m]: v for m, v in values.items()}
+        hincr = self._book_now
+        try:
+            hincr(f"spend:day:{day}", detail, DAY_TTL_S)
+            hincr(f"spend:month:{month}", detail, MONTH_TTL_S)
+            hincr("spend:all", detail)
+            hincr(f"spend:key:day:{day}:{key}", values, DAY_TTL_S)
+            hincr(f"spend:key:month:{month}:{key}", values, MONTH_TTL_S)
+        except Exception as e:  # as _write: booking never breaks a request
+            self.errors += 1
+            log.warning("spend not recorded for key %r: %s", key, type(e).__name__)
+
     async def _write(self, key: str, target: str, model: str, values: dict[str, float]) -> None:
-        now = self.wall()
-        day, month = day_of(now), month_of(now)
-        prefix = _SEP.join((_clean(key), _clean(target), _clean(model))) + _SEP
-        detail = {prefix + m: v for m, v in values.items()}
+        day, month = self.day_and_month(self.wall())
+        names = self._field_names(key, target, model)
+        detail = {names[m]: v for m, v in values.items()}
         store = self.store
         try:
             await store.hincr(f"spend:day:{day}", detail, DAY_TTL_S)
@@ -119,9 +166,9 @@ class SpendLedger:
 
     async def key_spend(self, key: str) -> tuple[float, float]:
         """USD spent by ``key`` today and this month (UTC)."""
-        now = self.wall()
-        (day,) = await self.store.hmget(f"spend:key:day:{day_of(now)}:{key}", ["cost_usd"])
-        (month,) = await self.store.hmget(f"spend:key:month:{month_of(now)}:{key}", ["cost_usd"])
+        day_name, month_name = self.day_and_month(self.wall())
+        (day,) = await self.store.hmget(f"spend:key:day:{day_name}:{key}", _COST)
+        (month,) = await self.store.hmget(f"spend:key:month:{month_name}:{key}", _COST)
         return day, month
 
     async def report(self, budget_keys: Iterable = ()) -> dict:
