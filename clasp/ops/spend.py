@@ -108,7 +108,8 @@ class SpendLedger:
     def record(self, key: str, target: str, model: str, input_tokens: int, cached_tokens: int,
                output_tokens: int) -> float | None:
         """Book one finished request (Anthropic usage: ``input_tokens`` excludes ``cached_tokens``);
-        returns its cost, None when the model has no price. A shared store is written in the background; a local one when it is read (see __init__)."""
+        returns its cost, None when the model has no price. A shared store is written in the
+        background, a local one before it is read (see __init__)."""
         price = self.prices.lookup(model)
         cost = None if price is None else price.cost(input_tokens, cached_tokens, output_tokens)
         if self.metrics is not None:
