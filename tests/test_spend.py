@@ -172,6 +172,8 @@ def test_a_local_store_ends_up_with_what_a_per_request_write_gives():
                 got.append(ledger.record(key, target, model, inp, cached, out))
             assert not summed._pending                     # no task per request
             await reference.flush()                        # its task runs at once, as when serving
+            for k in ("alice", "bob"):                     # budgets see every request, across midnight
+                assert await summed.key_spend(k) == pytest.approx(await reference.key_spend(k), rel=1e-12)
         assert costs[0] == costs[1]
         await reference.flush()
         # what is read includes every request: budgets and /costs

@@ -78,6 +78,7 @@ class SpendLedger:
         # that overrides hincr) is written per request, in the background.
         self._book_now = store.hincr_now if getattr(type(store), "hincr", None) is LocalStore.hincr else None
         self._held: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._held_cost: dict[str, float] = {}  # key -> USD held (what key_spend adds to the store's)
         self._held_period: tuple[str, str] = ("", "")  # the day and month of what is held
         # The UTC day and month of the wall clock, worked out once a day: [start, end) and the names
         self._period: tuple[float, float, tuple[str, str]] = (0.0, 0.0, ("", ""))
@@ -138,6 +139,8 @@ class SpendLedger:
                 sums = self._held[(key, target, model)] = {}
             for m, v in values.items():
                 sums[m] = sums.get(m, 0.0) + v
+            if cost is not None:
+                self._held_cost[key] = self._held_cost.get(key, 0.0) + cost
             return cost
         task = asyncio.ensure_future(self._write(key, target, model, values))
         self._pending.add(task)
@@ -147,6 +150,7 @@ class SpendLedger:
     def _write_held(self) -> None:
         """Write the sums held for a store that never suspends (the hashes _write writes)."""
         held, self._held = self._held, {}
+        self._held_cost = {}
         day, month = self._held_period
         hincr = self._book_now
         for (key, target, model), values in held.items():
@@ -188,11 +192,16 @@ class SpendLedger:
 
     async def key_spend(self, key: str) -> tuple[float, float]:
         """USD spent by ``key`` today and this month (UTC)."""
-        if self._held:
-            self._write_held()
         day_name, month_name = self.day_and_month(self.wall())
         (day,) = await self.store.hmget(f"spend:key:day:{day_name}:{key}", _COST)
         (month,) = await self.store.hmget(f"spend:key:month:{month_name}:{key}", _COST)
+        held = self._held_cost.get(key)
+        if held:  # a local store: the key's requests not written to it yet (checked before each request)
+            held_day, held_month = self._held_period
+            if held_day == day_name:
+                day += held
+            if held_month == month_name:
+                month += held
         return day, month
 
     async def report(self, budget_keys: Iterable = ()) -> dict:
