@@ -48,6 +48,17 @@ TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 TRIM_AFTER_S = 1.0  # -memory-trim-after of the measured proxies (default 5 s), to keep runs short
 ALL = ["whole", "stream", "ttfb", "big", "idle", "slow", "long", "startup"]
 HOST = "127.0.0.1"
+# --config: the clasp configuration measured (every clasp process of the run gets it)
+CONFIGS = {
+    "default": "the defaults: no client keys, no rate limit, no cache",
+    "keys": "a keys file with one key (rate limit, daily and monthly budget) on a priced model",
+    "limits": "-rate-limit and -cache on the local store (Claude Code requests are not cacheable: "
+              "every request is looked at, none is served from the cache)",
+}
+# The key every request sends (x-api-key): the keys file's one key under --config keys, ignored otherwise.
+BENCH_KEY = "bench-client-key-0123456789"
+# Limits no benchmark reaches: the checks run on every request, none is refused.
+UNREACHED_RATE = 100_000_000
 
 
 # --------------------------------------------------------------------------- processes
@@ -222,6 +233,20 @@ def compile_package() -> str:
     return "cached" if ok else "compiled at each start"
 
 
+def config_args(name: str, tmp: str) -> tuple[str, ...]:
+    """The clasp flags of a --config (files it needs are written to ``tmp``)."""
+    if name == "keys":
+        path = Path(tmp) / "keys.json"
+        path.write_text(json.dumps({"keys": [{
+            "name": "bench", "key": BENCH_KEY, "rate_limit": UNREACHED_RATE, "burst": UNREACHED_RATE,
+            "daily_budget_usd": 1e9, "monthly_budget_usd": 1e9}]}))
+        return ("-keys-file", str(path), "-prices", "gpt-test=1.0/0.1/4.0")
+    if name == "limits":
+        return ("-rate-limit", "-rate-limit-requests", str(UNREACHED_RATE), "-rate-limit-burst",
+                str(UNREACHED_RATE), "-cache")
+    return ()
+
+
 def start_proxy(upstream_port: int, core: str | None, *, entry: list[str] | None = None,
                 workers: int = 1, extra: tuple[str, ...] = ()) -> tuple[Proc, int, float]:
     port = free_port()
@@ -273,7 +298,7 @@ def openai_body(body: dict) -> bytes:
 
 def http_request(path: str, body: bytes, port: int) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nhost: {HOST}:{port}\r\ncontent-type: application/json\r\n"
-            f"x-api-key: bench\r\nanthropic-version: 2023-06-01\r\ncontent-length: {len(body)}\r\n\r\n"
+            f"x-api-key: {BENCH_KEY}\r\nanthropic-version: 2023-06-01\r\ncontent-length: {len(body)}\r\n\r\n"
             ).encode() + body
 
 
@@ -489,6 +514,10 @@ class Bench:
         self.peers = [Peer(s) for s in getattr(args, "peer", None) or []]
         self.live: list[Subject] = []  # running peers, stopped on exit whatever happens
         self.results: dict = {"machine": machine(), "pinned": self.core_proxy is not None}
+        self.config = getattr(args, "config", None) or "default"
+        self.results["config"] = self.config
+        self.config_dir = tempfile.mkdtemp(prefix="clasp-bench-config-")
+        self.extra = config_args(self.config, self.config_dir)
 
     def n(self, full: int, quick: int, smoke: int | None = None) -> int:
         if self.smoke:
@@ -500,7 +529,7 @@ class Bench:
         if self.core_up is not None:
             os.sched_setaffinity(0, {int(self.core_up)})  # load generator shares the upstream's core
         self.up, self.up_port = start_upstream(self.core_up)
-        self.proxy, self.port, self.listen_s = start_proxy(self.up_port, self.core_proxy)
+        self.proxy, self.port, self.listen_s = start_proxy(self.up_port, self.core_proxy, extra=self.extra)
         self.clasp = Subject("clasp", self.proxy, self.port, self.listen_s)
         time.sleep(0.2)
         self.results["idle_rss_start_mib"] = mem_kib(self.proxy.pid, "VmRSS") / 1024
@@ -512,6 +541,7 @@ class Bench:
         for p in (self.proxy, self.up):
             if p is not None:
                 p.stop()
+        shutil.rmtree(self.config_dir, ignore_errors=True)
 
     def run(self, name: str) -> None:
         getattr(self, "s_" + name)()
@@ -686,7 +716,7 @@ class Bench:
         # Burst: all requests sent in the same millisecond (worst case: every 50 KB body is
         # buffered at once); ramp: starts spread over 1 s, as when sessions start independently.
         for key, ramp in (("slow", 0.0), ("slow_ramp", 1.0)):
-            fresh, port, _ = start_proxy(self.up_port, self.core_proxy)
+            fresh, port, _ = start_proxy(self.up_port, self.core_proxy, extra=self.extra)
             try:
                 self.results[key] = self._slow(Subject("clasp", fresh, port), req, streams, chunks, ramp)
             finally:
@@ -816,7 +846,7 @@ class Bench:
                 times, rss = [], []
                 for _ in range(runs):
                     t0 = time.perf_counter()
-                    proc, port, _ = start_proxy(self.up_port, self.core_proxy, entry=entry)
+                    proc, port, _ = start_proxy(self.up_port, self.core_proxy, entry=entry, extra=self.extra)
                     times.append(time.perf_counter() - t0)
                     time.sleep(0.2)
                     rss.append(mem_kib(proc.pid, "VmRSS") / 1024)
@@ -835,7 +865,7 @@ class Bench:
         total = self.n(3000, 800, 60)
         out = {}
         for workers in (1, 2):
-            proc, port, _ = start_proxy(self.up_port, None, workers=workers)
+            proc, port, _ = start_proxy(self.up_port, None, workers=workers, extra=self.extra)
             try:
                 time.sleep(0.2)
                 proxy, _ = targets(req, port, self.up_port)
@@ -956,7 +986,7 @@ def table(r: dict) -> str:
     m = r["machine"]
     lines.append(f"machine: {m['cpu'] or '?'} x{m['cpus']}, python {m['python']}, "
                  f"{'proxy pinned to its own core' if r['pinned'] else 'not pinned (no taskset)'}, "
-                 f"bytecode {r.get('bytecode', '?')}")
+                 f"bytecode {r.get('bytecode', '?')}, config {r.get('config', 'default')}")
     lines.append(f"{'metric':<46}{'direct':>12}{'proxy':>12}{'ratio/added':>14}")
 
     def row(name: str, direct: str, proxy: str, extra: str = "") -> None:
@@ -1153,6 +1183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=",".join(ALL),
                     help=f"comma list of {','.join(ALL)},workers (default: all but workers)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--config", default="default", choices=sorted(CONFIGS),
+                    help="the clasp configuration measured: " + "; ".join(f"{k}: {v}" for k, v in CONFIGS.items())
+                    + " (default: default)")
     ap.add_argument("--peer", action="append", default=[], metavar="NAME=COMMAND",
                     help="also run the scenarios against another proxy (repeatable): COMMAND is an argv "
                          "string (no shell) with {port} (where it must listen), {upstream} (the fake "

@@ -46,3 +46,13 @@ def test_bench_rejects_unknown_scenarios():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--scenarios", "nope"],
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode == 2 and "unknown scenario" in proc.stderr
+
+
+def test_bench_configs_keys_and_limits_serve_every_request():
+    # --config keys: every request carries the keys file's key (a 401 or 429 would stop the run)
+    for config in ("keys", "limits"):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", "--scenarios",
+                               "whole", "--config", config], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout)
+        assert r["config"] == config and all(w["proxy"]["rps"] > 0 for w in r["whole"])

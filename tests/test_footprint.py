@@ -112,3 +112,30 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "ConnectError: TLS is not loaded" in out.stdout, out.stderr
+
+
+def test_a_default_proxy_does_not_load_what_only_some_requests_or_settings_need():
+    """datetime (~0.45 MiB: only keys files with expiry dates parse dates) and the web-search
+    translators (only for a request that asks for a search, or with -web-search) are loaded on use."""
+    probe = """
+import sys
+from clasp.config import load_config
+from clasp.app import App
+from clasp.pipeline.web_search import web_search_request
+cfg, _ = load_config(["-provider", "custom", "-model", "m"], {"CUSTOM_BASE_URL": "http://127.0.0.1:9/v1", "HOME": "/nonexistent"})
+App(cfg)
+lazy = ("datetime", "clasp.translate.web_search")
+print("at start:", [m for m in lazy if m in sys.modules])
+client_tools = [{"name": "Read", "input_schema": {"type": "object"}}, {"name": "Bash", "input_schema": {}}]
+print("client tools:", web_search_request({"tools": client_tools}), [m for m in lazy if m in sys.modules])
+client_tools.append({"type": "custom", "name": "x", "input_schema": {}})
+print("typed client tool:", web_search_request({"tools": client_tools}))
+search = web_search_request({"tools": [*client_tools, {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+                             "messages": [{"role": "user", "content": "Perform a web search for the query: clasp"}]})
+print("search:", search.max_uses, search.query)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["at start: []", "client tools: None []", "typed client tool: None",
+                                     "search: 3 clasp"]

@@ -122,3 +122,81 @@ def test_metrics_count_tokens_and_cost_per_key_and_model_bounded():
     assert 'clasp_cost_usd_total{key="bob"' not in text                 # unpriced: no cost series at all
     assert 'clasp_tokens_total{key="bob",model="other",kind="input"}' in text
     assert text.count('kind="input"') <= 32 * 302
+
+
+def test_day_and_month_follow_the_wall_clock_across_midnight_and_month_end():
+    # the names are worked out once a day: each request still lands in its own UTC day and month
+    midnight = 1801440000.0  # 2027-02-01T00:00:00Z
+    wall = [midnight - 0.5]
+    sl = SpendLedger(LocalStore(clock=lambda: 0.0), PriceTable(), wall=lambda: wall[0])
+    seen = []
+    for t in (midnight - 86400 * 3, midnight - 0.5, midnight - 1e-6, midnight, midnight + 86399.9,
+              midnight + 86400, midnight - 0.25):
+        wall[0] = t
+        sl.record("alice", "local", "m", 1, 0, 1)
+        seen.append(sl.day_and_month(t))
+    assert seen == [("2027-01-29", "2027-01"), ("2027-01-31", "2027-01"), ("2027-01-31", "2027-01"),
+                    ("2027-02-01", "2027-02"), ("2027-02-01", "2027-02"), ("2027-02-02", "2027-02"),
+                    ("2027-01-31", "2027-01")]
+    run(sl.flush())
+    store = sl.store
+    assert run(store.hmget("spend:key:day:2027-01-31:alice", ["requests"])) == [3.0]
+    assert run(store.hmget("spend:key:day:2027-02-01:alice", ["requests"])) == [2.0]
+    assert run(store.hmget("spend:key:month:2027-01:alice", ["requests"])) == [4.0]
+    assert run(store.hmget("spend:month:2027-02", ["alice|local|m|requests"])) == [3.0]
+
+
+def _requests():
+    """(wall time, key, target, model, input, cached, output): over a midnight, priced and not."""
+    midnight = 1801440000.0  # 2027-02-01T00:00:00Z
+    out = []
+    for i in range(60):
+        t = midnight - 30 + i
+        out.append((t, ("alice", "bob", "anonymous")[i % 3], ("openai", "local")[i % 2],
+                    ("my-model", "llama3", "gpt-4o-2024-08-06")[i % 3], 1000 * i, 10 * (i % 4), 7 * i + 1))
+    return out
+
+
+def test_a_local_store_ends_up_with_what_a_per_request_write_gives():
+    prices = PriceTable(parse_prices("my-model=1/0.1/2"))
+    wall = [0.0]
+    reference = SpendLedger(RecordingStore(clock=lambda: 0.0), prices, wall=lambda: wall[0])  # awaited per request
+    summed = SpendLedger(LocalStore(clock=lambda: 0.0), prices, wall=lambda: wall[0])
+    assert reference._book_now is None and summed._book_now is not None
+
+    async def go():
+        costs = ([], [])
+        for t, key, target, model, inp, cached, out in _requests():
+            wall[0] = t
+            for ledger, got in zip((reference, summed), costs):
+                got.append(ledger.record(key, target, model, inp, cached, out))
+            assert not summed._pending                     # no task per request
+            await reference.flush()                        # its task runs at once, as when serving
+            for k in ("alice", "bob"):                     # budgets see every request, across midnight
+                assert await summed.key_spend(k) == pytest.approx(await reference.key_spend(k), rel=1e-12)
+        assert costs[0] == costs[1]
+        await reference.flush()
+        # what is read includes every request: budgets and /costs
+        assert await summed.key_spend("alice") == pytest.approx(await reference.key_spend("alice"))
+        assert (await summed.key_spend("alice"))[0] > 0
+        assert await summed.report() == await reference.report()
+        await summed.flush()
+
+    run(go())
+    names = {c[1] for c in reference.store.calls}
+    assert len(names) == 17  # 2 days and 2 months of detail, since start, 3 keys x (2 days + 2 months)
+    for name in names:
+        a, b = run(reference.store.hgetall(name)), run(summed.store.hgetall(name))
+        assert a.keys() == b.keys() and all(b[f] == pytest.approx(a[f], rel=1e-12) for f in a), name
+
+
+def test_many_held_sums_are_written_before_they_grow_further():
+    sl = SpendLedger(LocalStore(clock=lambda: 0.0), PriceTable(), wall=lambda: DAY1)
+    for i in range(2500):
+        sl.record(f"key-{i}", "local", "m", 1, 0, 1)
+        assert len(sl._held) <= 1000
+    assert run(sl.store.hmget("spend:all", ["key-1999|local|m|requests", "key-2000|local|m|requests"])) == [1.0, 0.0]
+    run(sl.flush())
+    assert not sl._held
+    assert run(sl.store.hmget("spend:day:2027-01-31", ["key-0|local|m|requests", "key-2499|local|m|requests"])) \
+        == [1.0, 1.0]

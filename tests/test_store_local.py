@@ -52,3 +52,39 @@ def test_cache_ttl_and_lru_bound():
     assert run(store.cache_get("b")) is None
     clock.t += 6
     assert run(store.cache_get("a")) is None
+
+
+def test_counter_expiry_bookkeeping_stays_bounded_by_the_hashes_not_the_updates():
+    # spend books 4 hashes with a time to live on every request: the expiry schedule must hold one
+    # entry per hash, not one per update (it grew by 4 entries a request, for 35 days)
+    clock = Clock()
+    store = LocalStore(clock=clock)
+    for i in range(5000):
+        store.hincr_now("day", {"n": 1.0}, ttl_s=100)
+        store.hincr_now("month", {"n": 1.0}, ttl_s=1000)
+        clock.t += 0.01
+    assert len(store._expiry_heap) <= 4
+    assert run(store.hmget("day", ["n"])) == [5000.0]
+    # each update moves the expiry on: still there 99 s after the last one, gone after 100 s
+    clock.t += 99
+    assert run(store.hmget("day", ["n"])) == [5000.0]
+    clock.t += 1.5
+    store.hincr_now("other", {"n": 1.0})  # any update sweeps what expired
+    store.hincr_now("other", {"n": 1.0})
+    assert "day" not in store._hashes and run(store.hmget("day", ["n"])) == [0.0]
+    assert run(store.hmget("month", ["n"])) == [5000.0]
+    clock.t += 1000
+    for _ in range(3):
+        store.hincr_now("other", {"n": 1.0})
+    assert store._hashes.keys() == {"other"} and not store._expiry_heap and not store._expires
+
+
+def test_a_shorter_time_to_live_still_expires_the_hash_on_time():
+    clock = Clock()
+    store = LocalStore(clock=clock)
+    store.hincr_now("h", {"n": 1.0}, ttl_s=1000)
+    store.hincr_now("h", {"n": 1.0}, ttl_s=10)
+    clock.t += 11
+    store.hincr_now("other", {"n": 1.0})
+    assert "h" not in store._hashes
+    assert run(store.hgetall("h")) == {}

@@ -62,9 +62,18 @@ def rate_decision(allowed: bool, tokens: float, rate_per_s: float, burst: int) -
                         reset_s=max(0.0, burst - tokens) / rate_per_s)
 
 
+_last_rfc3339: tuple[float, str] = (float("nan"), "")
+
+
 def format_rfc3339(ts: float) -> str:
     """UTC RFC 3339 timestamp with whole seconds, e.g. ``2025-01-02T03:04:05Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    global _last_rfc3339
+    last = _last_rfc3339
+    if last[0] == ts:  # every response of the same second shows the same reset time
+        return last[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    _last_rfc3339 = (ts, text)
+    return text
 
 
 class RateLimiter:

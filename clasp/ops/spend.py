@@ -24,6 +24,7 @@ import time
 from typing import Callable, Iterable
 
 from clasp.ops.pricing import PriceTable
+from clasp.store.local import LocalStore
 
 __all__ = ["SpendLedger", "MEASURES", "DAY_TTL_S", "MONTH_TTL_S"]
 
@@ -33,10 +34,13 @@ DAY_TTL_S = 35 * 86400
 MONTH_TTL_S = 400 * 86400
 MEASURES = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd", "unpriced_requests")
 _SEP = "|"
+_COST = ["cost_usd"]
 _MAX_LABEL = 200
 # Distinct upstream model names booked by this process: names beyond it (clients may pass any name
 # through on a private proxy) are booked as "other", so the hashes stay bounded.
 MAX_MODELS = 1000
+MAX_HELD = 1000  # (key, target, model) sums held before they are written to a local store
+_DAY_S = 86400  # a UTC day in POSIX time (no leap seconds)
 
 
 def _clean(text: str) -> str:
@@ -67,13 +71,46 @@ class SpendLedger:
         self._pending: set[asyncio.Future] = set()
         self._models: set[str] = set()
         self.errors = 0
+        # A store whose hincr is LocalStore's own never suspends, and only this ledger reads its spend
+        # hashes: requests are summed here per key, target and model (no task, no five hash updates
+        # per request) and written to it before anything is read from it (budgets, /costs), when
+        # the UTC day changes, when many are held, and on flush(). A shared store (or a subclass
+        # that overrides hincr) is written per request, in the background.
+        self._book_now = store.hincr_now if getattr(type(store), "hincr", None) is LocalStore.hincr else None
+        self._held: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._held_cost: dict[str, float] = {}  # key -> USD held (what key_spend adds to the store's)
+        self._held_period: tuple[str, str] = ("", "")  # the day and month of what is held
+        # The UTC day and month of the wall clock, worked out once a day: [start, end) and the names
+        self._period: tuple[float, float, tuple[str, str]] = (0.0, 0.0, ("", ""))
+        # (key, target, model) -> {measure: field name} of the detail hashes (bounded: cleared when full)
+        self._fields: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def day_and_month(self, now: float) -> tuple[str, str]:
+        """(day_of(now), month_of(now)), formatted once per UTC day (the same tuple all day)."""
+        start, end, names = self._period
+        if not start <= now < end:
+            start = now - now % _DAY_S
+            names = (day_of(now), month_of(now))
+            self._period = (start, start + _DAY_S, names)
+        return names
+
+    def _field_names(self, key: str, target: str, model: str) -> dict[str, str]:
+        names = self._fields.get((key, target, model))
+        if names is None:
+            prefix = _SEP.join((_clean(key), _clean(target), _clean(model))) + _SEP
+            names = {m: prefix + m for m in MEASURES}
+            if len(self._fields) >= 4 * MAX_MODELS:
+                self._fields.clear()
+            self._fields[(key, target, model)] = names
+        return names
 
     # ---- recording
 
     def record(self, key: str, target: str, model: str, input_tokens: int, cached_tokens: int,
                output_tokens: int) -> float | None:
         """Book one finished request (Anthropic usage: ``input_tokens`` excludes ``cached_tokens``);
-        returns its cost, None when the model has no price. The store is written in the background."""
+        returns its cost, None when the model has no price. A shared store is written in the
+        background, a local one before it is read (see __init__)."""
         price = self.prices.lookup(model)
         cost = None if price is None else price.cost(input_tokens, cached_tokens, output_tokens)
         if self.metrics is not None:
@@ -89,16 +126,50 @@ class SpendLedger:
                 self._models.add(model)
             else:
                 model = "other"
+        if self._book_now is not None:
+            period = self.day_and_month(self.wall())
+            if period is not self._held_period:
+                if self._held:
+                    self._write_held()  # what was held belongs to the day before
+                self._held_period = period
+            sums = self._held.get((key, target, model))
+            if sums is None:
+                if len(self._held) >= MAX_HELD:
+                    self._write_held()
+                sums = self._held[(key, target, model)] = {}
+            for m, v in values.items():
+                sums[m] = sums.get(m, 0.0) + v
+            if cost is not None:
+                self._held_cost[key] = self._held_cost.get(key, 0.0) + cost
+            return cost
         task = asyncio.ensure_future(self._write(key, target, model, values))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return cost
 
+    def _write_held(self) -> None:
+        """Write the sums held for a store that never suspends (the hashes _write writes)."""
+        held, self._held = self._held, {}
+        self._held_cost = {}
+        day, month = self._held_period
+        hincr = self._book_now
+        for (key, target, model), values in held.items():
+            names = self._field_names(key, target, model)
+            detail = {names[m]: v for m, v in values.items()}
+            try:
+                hincr(f"spend:day:{day}", detail, DAY_TTL_S)
+                hincr(f"spend:month:{month}", detail, MONTH_TTL_S)
+                hincr("spend:all", detail)
+                hincr(f"spend:key:day:{day}:{key}", values, DAY_TTL_S)
+                hincr(f"spend:key:month:{month}:{key}", values, MONTH_TTL_S)
+            except Exception as e:  # as _write: booking never breaks a request
+                self.errors += 1
+                log.warning("spend not recorded for key %r: %s", key, type(e).__name__)
+
     async def _write(self, key: str, target: str, model: str, values: dict[str, float]) -> None:
-        now = self.wall()
-        day, month = day_of(now), month_of(now)
-        prefix = _SEP.join((_clean(key), _clean(target), _clean(model))) + _SEP
-        detail = {prefix + m: v for m, v in values.items()}
+        day, month = self.day_and_month(self.wall())
+        names = self._field_names(key, target, model)
+        detail = {names[m]: v for m, v in values.items()}
         store = self.store
         try:
             await store.hincr(f"spend:day:{day}", detail, DAY_TTL_S)
@@ -111,7 +182,9 @@ class SpendLedger:
             log.warning("spend not recorded for key %r: %s", key, type(e).__name__)
 
     async def flush(self) -> None:
-        """Wait for the writes in flight (tests, shutdown)."""
+        """Write what is held and wait for the writes in flight (tests, shutdown)."""
+        if self._held:
+            self._write_held()
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
@@ -119,13 +192,22 @@ class SpendLedger:
 
     async def key_spend(self, key: str) -> tuple[float, float]:
         """USD spent by ``key`` today and this month (UTC)."""
-        now = self.wall()
-        (day,) = await self.store.hmget(f"spend:key:day:{day_of(now)}:{key}", ["cost_usd"])
-        (month,) = await self.store.hmget(f"spend:key:month:{month_of(now)}:{key}", ["cost_usd"])
+        day_name, month_name = self.day_and_month(self.wall())
+        (day,) = await self.store.hmget(f"spend:key:day:{day_name}:{key}", _COST)
+        (month,) = await self.store.hmget(f"spend:key:month:{month_name}:{key}", _COST)
+        held = self._held_cost.get(key)
+        if held:  # a local store: the key's requests not written to it yet (checked before each request)
+            held_day, held_month = self._held_period
+            if held_day == day_name:
+                day += held
+            if held_month == month_name:
+                month += held
         return day, month
 
     async def report(self, budget_keys: Iterable = ()) -> dict:
         """GET /costs: spend per key and model for today, this month and since the start."""
+        if self._held:
+            self._write_held()
         now = self.wall()
         day, month = day_of(now), month_of(now)
         out: dict = {"currency": "USD", "day": day, "month": month,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from clasp.config import APIS, PROVIDERS, Config, ConfigError
@@ -26,18 +27,12 @@ from clasp.server.http import Responder
 from clasp.translate.sse import encode_events
 from clasp.translate.stream import events_from_message
 from clasp.translate.tokens import estimate_tokens
-from clasp.translate.web_search import (
-    SETTING_HINT,
-    WebSearchRequest,
-    WebSearchStream,
-    add_search_options,
-    is_chat_search_model,
-    message_from_chat,
-    message_from_responses,
-    search_style,
-    unavailable_message,
-    web_search_request,
-)
+
+if TYPE_CHECKING:
+    from clasp.translate.web_search import WebSearchRequest
+
+# clasp.translate.web_search (the search translators, with the Responses API's) is imported when a
+# search is configured or first asked for: a proxy that never sees one does not load it.
 
 log = logging.getLogger("clasp")
 # OpenAI's own API, where every chat model can search through the Responses API's web_search tool
@@ -46,8 +41,20 @@ OPENAI_API_HOST = "api.openai.com"
 __all__ = ["WebSearch", "configured_search_route", "search_route", "unavailable_reason", "web_search_request"]
 
 
+def web_search_request(body: dict) -> WebSearchRequest | None:
+    """clasp.translate.web_search.web_search_request (the search a request asks for, or None), which
+    is imported on the first request with a server tool: a request whose tools are all client
+    tools (none has a "type", as Claude Code's own) cannot ask for a search."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not any(isinstance(t, dict) and "type" in t for t in tools):
+        return None
+    from clasp.translate.web_search import web_search_request as find
+    return find(body)
+
+
 def configured_search_route(router: Router, value: str) -> tuple[Route, str]:
     """-web-search "provider,model" (provider may be "provider@api") -> (route, search style)."""
+    from clasp.translate.web_search import is_chat_search_model, search_style
     head, comma, model = value.partition(",")
     provider, at, api = head.strip().partition("@")
     model = model.strip()
@@ -78,6 +85,7 @@ def _is_openai_api(target: Target) -> bool:
 
 def own_search(route: Route) -> tuple[Route, str | None]:
     """The native search of a request's own route and its style (None: it has none)."""
+    from clasp.translate.web_search import search_style
     style = search_style(route.target.provider, route.model, route.api)
     if style is None and route.target.provider == "openai" and route.api == "chat" and _is_openai_api(route.target):
         # OpenAI searches with any chat model through the Responses API's web_search tool: the
@@ -121,6 +129,8 @@ class WebSearch:
     async def handle(self, box: list[dict], search: WebSearchRequest, resp: Responder, ex: Exchange,
                      headers: list[tuple[str, str]]) -> None:
         """Answer one web-search request. `box` holds the parsed client body (emptied once translated)."""
+        from clasp.translate.web_search import (
+            WebSearchStream, add_search_options, message_from_chat, message_from_responses)
         route, style = self._route(ex.requested_model)
         if style is None:
             await self._unavailable(box, search, route, resp, ex, headers)
@@ -147,6 +157,7 @@ class WebSearch:
 
     async def _unavailable(self, box: list[dict], search: WebSearchRequest, route: Route, resp: Responder,
                            ex: Exchange, headers: list[tuple[str, str]]) -> None:
+        from clasp.translate.web_search import SETTING_HINT, unavailable_message
         reason = unavailable_reason(route)
         if not self._warned:
             self._warned = True

@@ -30,7 +30,10 @@ class LocalStore:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         self._hashes: dict[str, dict[str, float]] = {}
         self._expires: dict[str, float] = {}
+        # When to look at a hash with a time to live again: one entry per hash (its time in
+        # _scheduled), moved on when it is looked at, so the heap grows with the hashes, not the updates
         self._expiry_heap: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
         self.cache_max_size = cache_max_size
         # key -> (expires_at, value); least recently used first
         self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -89,8 +92,16 @@ class LocalStore:
 
     def hincr_now(self, name: str, fields: dict[str, float], ttl_s: float | None = None) -> None:
         now = self._clock()
-        self._sweep_hashes(now)
-        h = self._live(name, now)
+        heap = self._expiry_heap
+        if heap and heap[0][0] <= now:
+            self._sweep_hashes(now)
+        expires = self._expires.get(name)  # _live, inline: spend books 5 hashes per request
+        if expires is not None and now >= expires:
+            self._hashes.pop(name, None)
+            del self._expires[name]
+            h = None
+        else:
+            h = self._hashes.get(name)
         if h is None:
             h = self._hashes[name] = {}
         for field, value in fields.items():
@@ -98,7 +109,10 @@ class LocalStore:
         if ttl_s is not None:
             expires = now + ttl_s
             self._expires[name] = expires
-            heapq.heappush(self._expiry_heap, (expires, name))
+            scheduled = self._scheduled.get(name)
+            if scheduled is None or expires < scheduled:
+                self._scheduled[name] = expires
+                heapq.heappush(self._expiry_heap, (expires, name))
 
     async def hincr(self, name: str, fields: dict[str, float], ttl_s: float | None = None) -> None:
         self.hincr_now(name, fields, ttl_s)
@@ -112,11 +126,19 @@ class LocalStore:
 
     def _sweep_hashes(self, now: float) -> None:
         heap = self._expiry_heap
+        scheduled = self._scheduled
         for _ in range(_SWEEP_PER_CALL):
             if not heap or heap[0][0] > now:
                 return
-            _, name = heapq.heappop(heap)
-            self._live(name, now)  # drops it if its current expiry has passed
+            at, name = heapq.heappop(heap)
+            if scheduled.get(name) != at:
+                continue  # superseded by an earlier time (a shorter time to live)
+            del scheduled[name]
+            if self._live(name, now) is not None:  # dropped if its current expiry has passed
+                expires = self._expires.get(name)
+                if expires is not None:  # updated since: look again then
+                    scheduled[name] = expires
+                    heapq.heappush(heap, (expires, name))
 
     # cache
 
