@@ -605,6 +605,52 @@ def choose_tool(body: dict, caps: Capabilities, tools: list[dict], name_of: Call
     return "auto", disable_parallel, tools
 
 
+def add_tools(out: dict, body: dict, caps: Capabilities, tools: list[dict], name_of: Callable[[dict], str],
+              forced_choice: Callable[[str], Any]) -> None:
+    """Put translated ``tools`` (none: nothing; vLLM rejects ``tools: []`` and tool_choice needs
+    tools, §1.1), their tool_choice and parallel_tool_calls into the upstream body ``out``."""
+    if not tools:
+        return
+    choice, disable_parallel, out["tools"] = choose_tool(body, caps, tools, name_of, forced_choice)
+    if choice is not None:
+        out["tool_choice"] = choice
+    if disable_parallel and not caps.no_parallel_param:
+        out["parallel_tool_calls"] = False
+
+
+def add_sampling_and_user(out: dict, body: dict, caps: Capabilities) -> None:
+    """temperature/top_p/top_k and the hashed end-user id, the same in both upstream dialects."""
+    if not caps.no_sampling:
+        for key in ("temperature", "top_p"):
+            if body.get(key) is not None:
+                out[key] = body[key]
+    if caps.pass_top_k and body.get("top_k") is not None:
+        out["top_k"] = body["top_k"]
+    if caps.send_user:
+        metadata = body.get("metadata")
+        user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+        if isinstance(user_id, str) and user_id:
+            # Claude Code's value is ~150 chars; OpenAI limits identifiers to 64.
+            out["user"] = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
+
+
+def request_context(body: dict, model: str, upstream_model: str, name_map: dict, stop: list[str],
+                    caps: Capabilities, max_tokens: int) -> RequestContext:
+    """What the response translators need of a translated request (either dialect)."""
+    thinking = body.get("thinking")
+    client_thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    return RequestContext(
+        requested_model=model,
+        upstream_model=upstream_model,
+        stream=body.get("stream") is True,
+        name_map=name_map,
+        stop_sequences=stop,
+        show_thinking=client_thinking or caps.always_show_reasoning or caps.reasoning_roundtrip,
+        estimated_input_tokens=estimate_tokens(body),
+        max_tokens=max_tokens,
+    )
+
+
 def _max_tokens(value: int, caps: Capabilities) -> int:
     if caps.reasoning and value < _MIN_REASONING_TOKENS:
         value = _MIN_REASONING_TOKENS
@@ -714,15 +760,8 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
             out["stream_options"] = {"include_usage": True}
     out["messages"] = upstream_messages
 
-    tools = _tools(body, caps, name_map)
-    if tools:                        # vLLM rejects tools: []; tool_choice needs tools (§1.1)
-        choice, disable_parallel, out["tools"] = choose_tool(
-            body, caps, tools, lambda t: t["function"]["name"],
-            lambda name: {"type": "function", "function": {"name": name}})
-        if choice is not None:
-            out["tool_choice"] = choice
-        if disable_parallel and not caps.no_parallel_param:
-            out["parallel_tool_calls"] = False
+    add_tools(out, body, caps, _tools(body, caps, name_map), lambda t: t["function"]["name"],
+              lambda name: {"type": "function", "function": {"name": name}})
 
     stop: list[str] = []
     if stop_raw and not caps.no_stop:
@@ -730,33 +769,7 @@ def translate_request(body: dict, upstream_model: str, caps: Capabilities) -> tu
         if stop:
             out["stop"] = stop
 
-    if not caps.no_sampling:
-        for key in ("temperature", "top_p"):
-            if body.get(key) is not None:
-                out[key] = body[key]
-    if caps.pass_top_k and body.get("top_k") is not None:
-        out["top_k"] = body["top_k"]
-
+    add_sampling_and_user(out, body, caps)
     if caps.reasoning:
         _reasoning(body, caps, out)
-
-    if caps.send_user:
-        metadata = body.get("metadata")
-        user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-        if isinstance(user_id, str) and user_id:
-            # Claude Code's value is ~150 chars; OpenAI limits identifiers to 64.
-            out["user"] = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
-
-    thinking = body.get("thinking")
-    client_thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-    ctx = RequestContext(
-        requested_model=model,
-        upstream_model=upstream_model,
-        stream=stream,
-        name_map=name_map,
-        stop_sequences=stop,
-        show_thinking=client_thinking or caps.always_show_reasoning or caps.reasoning_roundtrip,
-        estimated_input_tokens=estimate_tokens(body),
-        max_tokens=max_tokens,
-    )
-    return out, ctx
+    return out, request_context(body, model, upstream_model, name_map, stop, caps, max_tokens)

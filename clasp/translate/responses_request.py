@@ -15,7 +15,6 @@ carries the whole history.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from clasp.translate.capabilities import Capabilities
@@ -28,10 +27,10 @@ from clasp.translate.request import (_EFFORTS, _OPENAI_EFFORT, EMPTY_RESULT, INT
                                      TOOL_ERROR_PREFIX, _check_base64, _content_text, _custom_tools,
                                      _dumps_args, _image_omitted, _image_url, _is_int, _max_tokens,
                                      _summary_part, _system_text, _tool_use_fields, answered_results,
-                                     choose_tool, split_user_turn, validate_request)
+                                     add_sampling_and_user, add_tools, request_context, split_user_turn,
+                                     validate_request)
 from clasp.translate.responses_common import decode_reasoning_signature
 from clasp.translate.schema import responses_tool
-from clasp.translate.tokens import estimate_tokens
 
 __all__ = ["translate_responses_request", "REASONING_INCLUDE", "MIN_OUTPUT_TOKENS"]
 
@@ -361,20 +360,8 @@ def translate_responses_request(body: dict, upstream_model: str,
         if entry["name"] != tool["name"]:
             name_map[entry["name"]] = tool["name"]
         tools.append(entry)
-    if tools:                        # tool_choice needs tools, as in Chat Completions
-        choice, disable_parallel, out["tools"] = choose_tool(
-            body, caps, tools, lambda t: t["name"], lambda name: {"type": "function", "name": name})
-        if choice is not None:
-            out["tool_choice"] = choice
-        if disable_parallel and not caps.no_parallel_param:
-            out["parallel_tool_calls"] = False
-
-    if not caps.no_sampling:
-        for key in ("temperature", "top_p"):
-            if body.get(key) is not None:
-                out[key] = body[key]
-    if caps.pass_top_k and body.get("top_k") is not None:
-        out["top_k"] = body["top_k"]
+    add_tools(out, body, caps, tools, lambda t: t["name"], lambda name: {"type": "function", "name": name})
+    add_sampling_and_user(out, body, caps)
 
     if caps.reasoning:              # non-reasoning models reject both fields
         reasoning = _reasoning(body, caps)
@@ -383,26 +370,8 @@ def translate_responses_request(body: dict, upstream_model: str,
         # The only way to carry reasoning across turns with store: false.
         out["include"] = [REASONING_INCLUDE]
 
-    if caps.send_user:
-        metadata = body.get("metadata")
-        user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-        if isinstance(user_id, str) and user_id:
-            out["user"] = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
-
     # The Responses API has no stop parameter: the response translators cut the text at the
     # first of these themselves, so all of them are kept (no 4-string limit, no caps.no_stop).
     stop_raw = body.get("stop_sequences")
     stop = [s for s in stop_raw if s] if stop_raw else []
-    thinking = body.get("thinking")
-    client_thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-    ctx = RequestContext(
-        requested_model=model,
-        upstream_model=upstream_model,
-        stream=stream,
-        name_map=name_map,
-        stop_sequences=stop,
-        show_thinking=client_thinking or caps.always_show_reasoning or caps.reasoning_roundtrip,
-        estimated_input_tokens=estimate_tokens(body),
-        max_tokens=max_tokens,
-    )
-    return out, ctx
+    return out, request_context(body, model, upstream_model, name_map, stop, caps, max_tokens)
