@@ -16,6 +16,7 @@ from clasp.translate.jsontext import MAX_TOOL_INPUT_NESTING, nesting_exceeds
 __all__ = [
     "random_id",
     "message_id",
+    "anthropic_message",
     "tool_use_id",
     "parse_tool_arguments",
     "content_text",
@@ -42,6 +43,13 @@ def message_id() -> str:
     """A new Anthropic message id (§2.1): the same scheme streamed and not, whatever the upstream's
     own completion id looks like (ids of one kind, whichever way the client asked)."""
     return random_id("msg_")
+
+
+def anthropic_message(model: str, content: list, stop_reason: str | None, stop_sequence: str | None,
+                      usage: dict, msg_id: str | None = None) -> dict:
+    """An Anthropic Message object (a new id unless given)."""
+    return {"id": msg_id or message_id(), "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage}
 
 
 def tool_use_id(upstream_id: str | None, seen: set[str]) -> str:

@@ -12,7 +12,7 @@ from clasp.translate.common import (
     anthropic_usage,
     completion_tokens,
     content_text,
-    message_id,
+    anthropic_message,
     parse_tool_arguments,
     reasoning_text,
     stop_reason_for,
@@ -144,17 +144,7 @@ def translate_response(upstream: dict, ctx: RequestContext, caps: Capabilities) 
     # Counting output characters serializes tool inputs; skip it when the upstream counted.
     out_chars = 0 if isinstance(completion, int) and completion > 0 else _output_chars(blocks)
     usage = anthropic_usage(usage_in, int(getattr(ctx, "estimated_input_tokens", 0) or 0), out_chars)
-
-    return {
-        "id": message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": ctx.requested_model,
-        "content": blocks,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": usage,
-    }
+    return anthropic_message(ctx.requested_model, blocks, stop_reason, stop_sequence, usage)
 
 
 def _tool_block(upstream_id: object, name: str, arguments: object, name_map: dict, seen: set[str]) -> dict:

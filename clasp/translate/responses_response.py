@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from clasp.translate.common import (
     anthropic_usage,
     completion_tokens,
-    message_id,
+    anthropic_message,
     parse_tool_arguments,
     stop_reason_for,
     tool_use_id,
@@ -294,13 +294,5 @@ def translate_responses_response(upstream: dict, ctx: RequestContext, caps: Capa
     reason = details.get("reason") if isinstance(details, dict) else None
     stop_reason, stop_sequence = responses_stop_reason(
         status, reason, tools > 0, matched, completion_tokens(usage), int(getattr(ctx, "max_tokens", 0) or 0))
-    return {
-        "id": message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": ctx.requested_model,
-        "content": blocks,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": anthropic_usage(usage, int(getattr(ctx, "estimated_input_tokens", 0) or 0), out_chars),
-    }
+    return anthropic_message(ctx.requested_model, blocks, stop_reason, stop_sequence,
+                             anthropic_usage(usage, int(getattr(ctx, "estimated_input_tokens", 0) or 0), out_chars))

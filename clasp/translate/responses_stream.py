@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any
 
-from .common import anthropic_usage, completion_tokens, parse_tool_arguments, tool_use_id
+from .common import completion_tokens, parse_tool_arguments, tool_use_id
 from .jsontext import json_str
 from .responses_response import (
     ITEM_KINDS,
@@ -548,12 +548,7 @@ class ResponsesStreamTranslator(AnthropicEventStream):
         stop_reason, stop_sequence = responses_stop_reason(
             status, reason, self._tool_blocks > 0, self._matched, completion_tokens(self._raw_usage),
             int(getattr(self.ctx, "max_tokens", 0) or 0))
-        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
-        out.append({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": self.usage})
-        out.append({"type": "message_stop"})
-        self.done = True
+        self._finish(out, stop_reason, stop_sequence)
 
     def _reconcile_output(self, output: list, out: list[dict]) -> None:
         """Match the final output items to the streamed ones (by id, output index, else position

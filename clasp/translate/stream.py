@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from .common import (
+    anthropic_message,
     anthropic_usage,
     completion_tokens,
     content_text,
@@ -119,19 +120,17 @@ class AnthropicEventStream:
         return self._raw_usage is not None
 
     def _message_start(self, usage: dict) -> dict:
-        return {
-            "type": "message_start",
-            "message": {
-                "id": self.message_id,
-                "type": "message",
-                "role": "assistant",
-                "model": getattr(self.ctx, "requested_model", ""),
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": usage,
-            },
-        }
+        return {"type": "message_start", "message": anthropic_message(
+            getattr(self.ctx, "requested_model", ""), [], None, None, usage, self.message_id)}
+
+    def _finish(self, out: list[dict], stop_reason: str | None, stop_sequence: str | None) -> None:
+        """message_delta (stop reason, final usage) and message_stop: the stream is done."""
+        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
+        out.append({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": self.usage})
+        out.append({"type": "message_stop"})
+        self.done = True
 
     def fail(self, error: dict | ProxyError) -> list[dict]:
         """Terminal error event. An open block is stopped first unless it is a tool with
@@ -340,12 +339,7 @@ class StreamTranslator(AnthropicEventStream):
             self._finish_reason, self._tool_blocks > 0, self._matched_stop,
             getattr(self.ctx, "stop_sequences", None) or [],
             completion_tokens(self._raw_usage), getattr(self.ctx, "max_tokens", 0) or 0)
-        self.usage = anthropic_usage(self._raw_usage, self._estimated_input, self.output_chars)
-        out.append({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": self.usage})
-        out.append({"type": "message_stop"})
-        self.done = True
+        self._finish(out, stop_reason, stop_sequence)
         return out
 
     # ------------------------------------------------------------------ blocks

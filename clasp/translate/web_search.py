@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .common import random_id
+from .common import anthropic_message, random_id
 from .errors import ProxyError, map_upstream_error
 from .response import translate_response
 from .responses_response import responses_error, translate_responses_response
@@ -405,23 +405,15 @@ def unavailable_message(requested_model: str, search: WebSearchRequest, reason: 
     """The honest reply without native search: a web_search_tool_result error `unavailable`
     (Claude Code shows "Web search error: unavailable") and a text naming the setting."""
     tool_id = random_id("srvtoolu_")
-    return {
-        "id": random_id("msg_"),
-        "type": "message",
-        "role": "assistant",
-        "model": requested_model,
-        "content": [
+    return anthropic_message(requested_model, [
             {"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": search.query}},
             {"type": "web_search_tool_result", "tool_use_id": tool_id,
              "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"}},
             {"type": "text", "text": f"Web search is not available through clasp: {reason}. To enable it, "
                                      f"{SETTING_HINT}."},
-        ],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": estimated_input_tokens, "output_tokens": 0, "cache_read_input_tokens": 0,
-                  "cache_creation_input_tokens": 0, "server_tool_use": {"web_search_requests": 0}},
-    }
+        ], "end_turn", None,
+        {"input_tokens": estimated_input_tokens, "output_tokens": 0, "cache_read_input_tokens": 0,
+         "cache_creation_input_tokens": 0, "server_tool_use": {"web_search_requests": 0}})
 
 
 # ---------------------------------------------------------------------------------------------
