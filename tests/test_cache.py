@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
-from clasp.ops.cache import ResponseCache, cache_key, is_cacheable
+from clasp.ops.cache import StoreCache, cache_key, is_cacheable
+from clasp.pipeline.exchange import CachedResponse
+from clasp.store.local import LocalStore
 
 
 class Clock:
@@ -13,6 +18,29 @@ class Clock:
         return self.t
 
 
+class ResponseCache:
+    """The proxy's response cache as it runs (StoreCache over this process's LocalStore), driven
+    synchronously; values are any JSON, kept as a CachedResponse body."""
+
+    def __init__(self, max_size: int = 1000, ttl_s: float = 3600, clock=None) -> None:
+        self.store = LocalStore(clock=clock or Clock(), cache_max_size=max_size)
+        self.cache = StoreCache(self.store, ttl_s, max_size)
+        self.max_size, self.ttl_s = self.cache.max_size, self.cache.ttl_s
+
+    def get(self, key: str):
+        hit = asyncio.run(self.cache.get(key))
+        return None if hit is None else json.loads(hit.body)
+
+    def put(self, key: str, value) -> None:
+        asyncio.run(self.cache.put(key, CachedResponse(json.dumps(value).encode(), "p", "m")))
+
+    def __len__(self) -> int:
+        return self.stats()["size"]
+
+    def stats(self) -> dict:
+        return self.cache.stats()
+
+
 def test_defaults_match_clasp():
     c = ResponseCache()
     assert c.max_size == 1000 and c.ttl_s == 3600
@@ -21,9 +49,9 @@ def test_defaults_match_clasp():
 def test_hit_and_miss_counting():
     c = ResponseCache(clock=Clock())
     assert c.get("k") is None
-    c.put("k", b"resp")
-    assert c.get("k") == b"resp"
-    assert c.get("k") == b"resp"
+    c.put("k", "resp")
+    assert c.get("k") == "resp"
+    assert c.get("k") == "resp"
     s = c.stats()
     assert (s["hits"], s["misses"], s["size"], s["max_size"], s["evictions"]) == (2, 1, 1, 1000, 0)
 

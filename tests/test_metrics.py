@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
 import pytest
 
 import promparse
-from clasp.ops.cache import ResponseCache
+from clasp.ops.cache import StoreCache
 from clasp.ops.metrics import DURATION_BUCKETS, TTFT_BUCKETS, Metrics, go_duration
+from clasp.store.local import LocalStore
 
 
 class Clock:
@@ -18,14 +20,20 @@ class Clock:
         return self.t
 
 
+def filled_cache(clock: Clock, entries: int) -> StoreCache:
+    """The proxy's response cache (StoreCache over a LocalStore of 1000 entries) holding `entries`."""
+    store = LocalStore(clock=clock, cache_max_size=1000)
+    for i in range(entries):
+        asyncio.run(store.cache_put(f"k{i}", b"x", 3600))
+    return StoreCache(store, 3600, 1000)
+
+
 NASTY_MODEL = 'we"ird\\model\nname'
 
 
 def realistic(clock: Clock) -> Metrics:
     m = Metrics(clock=clock)
-    cache = ResponseCache(max_size=1000, clock=clock)
-    for i in range(42):
-        cache.put(f"k{i}", b"x")
+    cache = filled_cache(clock, 42)
     m.set_sources(
         breakers=lambda: {"openai:gpt-4o": "closed", "openrouter:x": "half-open", 'odd"target\\': "open"},
         queue=lambda: {"depth": 3, "max_size": 100},
@@ -63,9 +71,7 @@ def test_go_duration():
 def test_json_seed_shape_and_formatting():
     clock = Clock()
     m = Metrics(clock=clock)
-    cache = ResponseCache(max_size=1000, clock=clock)
-    for i in range(42):
-        cache.put(f"k{i}", 1)
+    cache = filled_cache(clock, 42)
     m.set_sources(cache=cache.stats)
     # 100 requests: 98 successful, 75 streaming, 15 tool calls, average latency 523.5 ms.
     for i in range(100):

@@ -5,21 +5,15 @@ CLASP caching rules: only non-streaming requests are cached, requests with tempe
 LRU eviction when full, entries expire after the TTL, and responses carry ``X-CLASP-Cache: HIT|MISS``
 (the header is the caller's job).
 
-Not thread-safe: meant to be called from the single asyncio event loop.
+The entries live in a clasp.store.Store (LocalStore: an LRU bounded by -cache-max-size).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections import OrderedDict
-from typing import Any, Callable
 
-__all__ = ["ResponseCache", "StoreCache", "cache_key", "is_cacheable"]
-
-# Front-of-LRU expired entries purged per put(), so one call never does unbounded work.
-_PURGE_PER_PUT = 4
+__all__ = ["StoreCache", "cache_key", "is_cacheable"]
 
 
 def cache_key(upstream_body: dict, target_id: str, requested_model: str) -> str:
@@ -43,76 +37,15 @@ def is_cacheable(anthropic_body: dict) -> bool:
     return type(t) in (int, float) and t == 0
 
 
-class ResponseCache:
-    def __init__(self, max_size: int = 1000, ttl_s: float = 3600, clock: Callable[[], float] = time.monotonic) -> None:
-        if max_size < 1:
-            raise ValueError("cache max_size must be at least 1")
-        if ttl_s <= 0:
-            raise ValueError("cache ttl must be positive")
-        self.max_size = int(max_size)
-        self.ttl_s = float(ttl_s)
-        self._clock = clock
-        # key -> (expires_at, value); order = least recently used first.
-        self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0     # removed to make room (LRU)
-        self.expirations = 0   # removed because the TTL passed
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: str) -> Any | None:
-        entry = self._data.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        if self._clock() >= entry[0]:
-            del self._data[key]
-            self.expirations += 1
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return entry[1]
-
-    def put(self, key: str, value: Any) -> None:
-        now = self._clock()
-        data = self._data
-        data[key] = (now + self.ttl_s, value)
-        data.move_to_end(key)
-        # Expired entries still take room; reclaim the stale ones at the cold end first.
-        for _ in range(_PURGE_PER_PUT):
-            oldest = next(iter(data))
-            if oldest == key or now < data[oldest][0]:
-                break
-            del data[oldest]
-            self.expirations += 1
-        while len(data) > self.max_size:
-            data.popitem(last=False)
-            self.evictions += 1
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def stats(self) -> dict:
-        """Counters for /metrics (usable directly as the Metrics cache source)."""
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "size": len(self._data),
-            "max_size": self.max_size,
-            "evictions": self.evictions,
-            "expirations": self.expirations,
-        }
-
-
 class StoreCache:
     """The response cache the proxy uses: CachedResponse values, serialized to bytes, in a
     clasp.store.Store (this process's LocalStore, bounded by ``max_size``; or Redis, shared by
-    replicas and bounded by Redis' own memory policy). Counts hits and misses like ResponseCache."""
+    replicas and bounded by Redis' own memory policy). Counts hits and misses; the store counts
+    evictions and expirations where it knows them."""
 
     def __init__(self, store, ttl_s: float = 3600, max_size: int = 1000) -> None:
+        if max_size < 1:
+            raise ValueError("cache max_size must be at least 1")
         if ttl_s <= 0:
             raise ValueError("cache ttl must be positive")
         self.store = store

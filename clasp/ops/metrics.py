@@ -221,7 +221,7 @@ class Metrics:
                       (an Enum whose value is such a string also works).
         queue()    -> current depth as int, or a mapping with "depth" (and optionally "max_size", ...).
         cache()    -> mapping with "size", "max_size" and optionally "evictions"
-                      (ResponseCache.stats fits). Registering it marks the cache as enabled.
+                      (StoreCache.stats fits). Registering it marks the cache as enabled.
         memory()   -> mapping with "rss_bytes" (int, or None where unknown) and "trims".
         store()    -> Store.health(): "kind", "status" ("ok"/"degraded") and optionally "errors".
         """

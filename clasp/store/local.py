@@ -17,6 +17,7 @@ __all__ = ["LocalStore"]
 
 _EPS = 1e-9
 _SWEEP_PER_CALL = 4
+_PURGE_PER_PUT = 4  # expired cache entries reclaimed per cache_put
 
 
 class LocalStore:
@@ -155,8 +156,17 @@ class LocalStore:
 
     async def cache_put(self, key: str, value: bytes, ttl_s: float) -> None:
         cache = self._cache
-        cache[key] = (self._clock() + ttl_s, value)
+        now = self._clock()
+        cache[key] = (now + ttl_s, value)
         cache.move_to_end(key)
+        # Expired entries still take room: reclaim a few stale ones at the cold end first
+        # (a few only, so one call never does unbounded work).
+        for _ in range(_PURGE_PER_PUT):
+            oldest = next(iter(cache))
+            if oldest == key or now < cache[oldest][0]:
+                break
+            del cache[oldest]
+            self.cache_expirations += 1
         while len(cache) > self.cache_max_size:
             cache.popitem(last=False)
             self.cache_evictions += 1
